@@ -1,0 +1,347 @@
+"""Robustness of a fitted model to missing data: metrics against a synthetic missing rate.
+
+:func:`robustness_sweep` encodes the evaluation table once, then for every missingness kind
+and rate ORs the seeded masks of :mod:`holomodal.missingness` into that one encoded batch and
+scores the model with the torchmetrics metrics of its task (``make_metrics``). The 95 %
+intervals come from a percentile bootstrap over rows; the same resampled rows serve every
+(kind, rate), so the curves of one sweep can be compared point by point.
+
+:func:`evaluate_run` is what ``holomodal evaluate`` calls: it finds the data of a run folder,
+runs the sweep and writes a CSV, a JSON and a PNG under new names in the folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from holomodal.errors import ConfigError, DataError
+from holomodal.estimator import Classifier
+from holomodal.methods.base import make_metrics, metric_args
+from holomodal.missingness import KINDS, TABULAR_KINDS, MissingnessPlan, MissingnessSpec
+from holomodal.schema import TABULAR, Task
+
+log = logging.getLogger("holomodal")
+
+DEFAULT_RATES = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9)
+COLUMNS = ["kind", "rate", "metric", "value", "ci_low", "ci_high"]
+# "none" evaluates the data as it is, with its natural missingness only
+NO_MISSINGNESS = "none"
+
+
+def parse_kinds(text: str | None) -> list[str]:
+    kinds = [k.strip() for k in (text or "").split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in KINDS + (NO_MISSINGNESS,)]
+    if unknown:
+        raise ConfigError(f"unknown missingness kind(s) {unknown} (known: {', '.join(KINDS)})")
+    return kinds
+
+
+def parse_rates(text: str | None) -> list[float]:
+    if not text:
+        return list(DEFAULT_RATES)
+    rates = []
+    for item in text.split(","):
+        try:
+            rate = float(item)
+        except ValueError:
+            raise ConfigError(f"missing rate '{item}' is not a number (expected e.g. 0,0.3,0.5)") from None
+        if not 0.0 <= rate <= 1.0:
+            raise ConfigError(f"missing rate {rate} is outside [0, 1]")
+        rates.append(rate)
+    return rates
+
+
+def fit_importance_ranking(clf: Classifier, train: pd.DataFrame) -> list[int]:
+    """The mifm/lifm column ranking of a model trained without one, fitted as training would
+    have fitted it: a random forest on the training split's tabular cells and labels."""
+    clf._check_fitted()
+    pre = clf.preprocessor_
+    if TABULAR not in pre.processors:
+        raise DataError("most/least-important feature masking needs tabular columns; the data has none")
+    labels = pre.encode_labels(train[clf.schema.label.name]).numpy()
+    plan = MissingnessPlan([MissingnessSpec("mifm", 0.0)]).fit(pre.tabular_matrix(train), labels)
+    return list(plan.ranking_ or [])
+
+
+def bootstrap_rows(target: torch.Tensor, task: str, n_boot: int, seed: int, max_redraws: int = 100) -> np.ndarray:
+    """``(n_boot, n)`` row indices drawn with replacement. For single-label tasks a resample
+    that lost a class of the data is drawn again (up to ``max_redraws`` times): AUROC is
+    undefined on it, and keeping it would bias the interval."""
+    rng = np.random.default_rng(seed)
+    n = len(target)
+    if task == Task.MULTILABEL.value or n_boot <= 0:
+        return rng.integers(0, n, size=(max(n_boot, 0), n))
+    labels = target.numpy()
+    n_classes = np.unique(labels).size
+    out = np.empty((n_boot, n), dtype=np.int64)
+    for b in range(n_boot):
+        for _ in range(max_redraws):
+            idx = rng.integers(0, n, size=n)
+            if np.unique(labels[idx]).size == n_classes:
+                break
+        out[b] = idx
+    return out
+
+
+def _scores(metrics: Any, task: str, probs: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    out = {}
+    for name, metric in metrics.items():
+        metric.reset()
+        metric.update(*metric_args(task, name, probs, target))
+        out[name] = float(metric.compute())
+    return out
+
+
+def robustness_sweep(
+    clf: Classifier,
+    frame: pd.DataFrame,
+    kinds: Sequence[str],
+    rates: Sequence[float],
+    drop: str = "all",
+    n_boot: int = 200,
+    seed: int = 0,
+    *,
+    split: str = "test",
+    train: pd.DataFrame | None = None,
+    ci: float = 0.95,
+) -> pd.DataFrame:
+    """Metrics of ``clf`` on the labelled ``frame`` under each missingness kind and rate.
+
+    Returns a tidy table (``kind, rate, metric, value, ci_low, ci_high``). The synthetic
+    masks add to the data's natural missingness and use the seeds the training plan would
+    use for ``split``. ``mifm``/``lifm`` use the model's ranking, or one fitted on ``train``
+    when the model has none. Tabular kinds on data without tabular columns are skipped;
+    ``result.attrs["skipped"]`` says why, and the other attrs describe the sweep.
+    """
+    clf._check_fitted()
+    kinds = list(dict.fromkeys(kinds)) or [NO_MISSINGNESS]
+    parse_kinds(",".join(kinds))
+    rates = [float(r) for r in rates] or [0.0]
+    parse_rates(",".join(str(r) for r in rates))
+    task, num_classes = clf.schema.task.value, clf.preprocessor_.num_classes
+
+    base, _ = clf.preprocessor_.transform(frame, with_target=True)
+    n_tab = 0 if base.cell_missing is None else int(base.cell_missing.shape[1])
+    skipped: dict[str, str] = {}
+    for kind in kinds:
+        if kind in TABULAR_KINDS and n_tab == 0:
+            skipped[kind] = "the data has no tabular columns"
+            log.warning("skipping '%s': the data has no tabular columns", kind)
+    active = [k for k in kinds if k not in skipped]
+
+    ranking, ranking_source = clf.plan_.ranking_, "model"
+    if any(k in ("mifm", "lifm") for k in active) and ranking is None:
+        if train is None:
+            raise DataError("mifm/lifm need a feature-importance ranking, and this model was trained "
+                            "without one: pass the training split (train=...) to fit it")
+        ranking, ranking_source = fit_importance_ranking(clf, train), "fitted on the training split"
+
+    target = base.target
+    resamples = bootstrap_rows(target, task, n_boot, seed)
+    metrics = make_metrics(task, num_classes)
+    alpha = (1.0 - ci) / 2.0
+    rows: list[dict[str, Any]] = []
+    cache: dict[tuple, list[dict[str, Any]]] = {}
+    for kind in active:
+        for rate in rates if kind != NO_MISSINGNESS else [0.0]:
+            if kind == NO_MISSINGNESS or rate == 0.0:
+                key: tuple = ("clean",)  # every kind at rate 0 is the data as it is
+                plan = None
+            else:
+                key = (kind, rate)
+                spec = MissingnessSpec(kind, rate, drop=drop if kind == "modality" else None)
+                plan = MissingnessPlan([spec], ranking)
+            if key not in cache:
+                batch = base
+                if plan is not None:
+                    masks = plan.masks(split, len(base), n_tab, list(base.present))
+                    cells = None if masks.cell_missing is None else torch.from_numpy(masks.cell_missing)
+                    batch = base.with_masks(cells, {m: torch.from_numpy(k) for m, k in masks.keep.items()})
+                probs = torch.from_numpy(clf._probabilities(batch))
+                point = _scores(metrics, task, probs, target)
+                with warnings.catch_warnings():
+                    # a resample can leave a label column constant; its NaN/0 is filtered below
+                    warnings.simplefilter("ignore")
+                    boot = [_scores(metrics, task, probs[idx], target[idx]) for idx in torch.from_numpy(resamples)]
+                cache[key] = [point, *boot]
+            point, *boot = cache[key]
+            for name, value in point.items():
+                samples = np.array([b[name] for b in boot], dtype=float)
+                samples = samples[np.isfinite(samples)]
+                low, high = (np.quantile(samples, [alpha, 1.0 - alpha]) if samples.size else (np.nan, np.nan))
+                rows.append({"kind": kind, "rate": rate, "metric": name, "value": value,
+                             "ci_low": float(low), "ci_high": float(high)})
+    result = pd.DataFrame(rows, columns=COLUMNS)
+    result.attrs.update({
+        "split": split, "rows": len(base), "n_boot": int(n_boot), "seed": int(seed), "ci": ci,
+        "drop": drop, "kinds": kinds, "rates": rates, "skipped": skipped,
+        "ranking": None if ranking is None else {"source": ranking_source, "columns": list(ranking)},
+    })
+    return result
+
+
+def sweep_table(result: pd.DataFrame) -> pd.DataFrame:
+    """One row per (kind, rate), one column per metric: ``value [ci_low, ci_high]``."""
+    text = result.assign(cell=[f"{v:.3f} [{lo:.3f}, {hi:.3f}]" for v, lo, hi in
+                               zip(result["value"], result["ci_low"], result["ci_high"])])
+    return text.pivot(index=["kind", "rate"], columns="metric", values="cell")
+
+
+def plot_sweep(result: pd.DataFrame, out_png: Path, title: str = "") -> Path:
+    """One panel per metric, one line per kind, the bootstrap interval shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(result["metric"]))
+    ncols = min(3, max(1, len(names)))
+    nrows = -(-len(names) // ncols) if names else 1
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        part = result[result["metric"] == name]
+        for kind, curve in part.groupby("kind", sort=False):
+            curve = curve.sort_values("rate")
+            line = ax.plot(curve["rate"], curve["value"], marker="o", label=kind)[0]
+            ax.fill_between(curve["rate"], curve["ci_low"], curve["ci_high"], color=line.get_color(), alpha=0.15)
+        ax.set_title(name)
+        ax.set_xlabel("missing rate")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(names):]:
+        ax.set_visible(False)
+    if names:
+        axes.flat[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, out_png)
+    plt.close(fig)
+    return out_png
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    write_new_file(path, buffer.getvalue())
+
+
+def write_new_file(path: Path, data: bytes | str) -> Path:
+    """Write ``path`` whole or not at all, and never over an existing file: the bytes go to a
+    temporary file that is then hard-linked to its name, which fails if the name is taken."""
+    path = Path(path)
+    raw = data.encode() if isinstance(data, str) else data
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(raw)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise DataError(f"will not overwrite '{path}': it exists") from None
+    except OSError:
+        # file systems without hard links: exclusive creation still never overwrites
+        with open(path, "xb") as fh:
+            fh.write(raw)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def new_stem(folder: Path, prefix: str, suffixes: Sequence[str]) -> Path:
+    """``folder/prefix-<time>[-n]`` such that no file ``stem + suffix`` exists yet."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    n = 1
+    while True:
+        stem = folder / (f"{prefix}-{stamp}" + (f"-{n}" if n > 1 else ""))
+        if not any(stem.with_name(stem.name + s).exists() for s in suffixes):
+            return stem
+        n += 1
+
+
+def write_sweep(result: pd.DataFrame, folder: Path, title: str = "", extra: dict[str, Any] | None = None) -> dict[str, Path]:
+    """``evaluation-<time>.csv / .json / .png`` in ``folder``, under names not taken yet."""
+    import json
+
+    suffixes = (".csv", ".json", ".png")
+    stem = new_stem(Path(folder), "evaluation", suffixes)
+    csv, js, png = (stem.with_name(stem.name + s) for s in suffixes)
+    write_new_file(csv, result.to_csv(index=False))
+    meta = {**(extra or {}), **result.attrs, "results": result.to_dict(orient="records")}
+    write_new_file(js, json.dumps(meta, indent=2, default=_jsonable))
+    plot_sweep(result, png, title)
+    return {"csv": csv, "json": js, "png": png}
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def load_run(run: str | Path) -> Classifier:
+    """The saved predictor of a run folder (its ``model/``), or a saved-model folder itself."""
+    path = Path(run)
+    if not path.exists():
+        raise DataError(f"run folder '{path}' not found")
+    return Classifier.load(path / "model" if (path / "model").exists() else path)
+
+
+def run_config(run: str | Path) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    file = Path(run) / "config.yaml"
+    return OmegaConf.to_container(OmegaConf.load(file), resolve=True) if file.exists() else {}  # type: ignore[return-value]
+
+
+def evaluate_run(
+    run: str | Path,
+    kinds: Sequence[str],
+    rates: Sequence[float],
+    *,
+    split: str = "test",
+    data: str | Path | None = None,
+    drop: str = "all",
+    n_boot: int = 200,
+    seed: int = 0,
+) -> tuple[pd.DataFrame, dict[str, Path]]:
+    """The sweep of a run folder on its own ``split`` (or on the labelled table ``data``),
+    written into the folder. The training split is read only when a ranking must be fitted."""
+    from holomodal.experiment import _read_table, load_splits
+
+    run = Path(run)
+    clf = load_run(run)
+    cfg = run_config(run)
+    splits = None
+    if data is not None:
+        frame = _read_table(str(data))
+    else:
+        if not cfg:
+            raise DataError(f"'{run}' holds no config.yaml to find its data: pass --data FILE")
+        splits = load_splits(cfg["data"])
+        frame = getattr(splits, split)
+        if frame is None:
+            raise DataError(f"the data of '{run}' has no {split} split")
+    train = None
+    wants_ranking = any(k in ("mifm", "lifm") for k in kinds) and clf.plan_.ranking_ is None
+    if wants_ranking and TABULAR in clf.preprocessor_.processors:
+        if splits is None:
+            if not cfg:
+                raise DataError(f"mifm/lifm need the training split of '{run}' to rank features, "
+                                "and the run holds no config.yaml")
+            splits = load_splits(cfg["data"])
+        train = splits.train
+    result = robustness_sweep(clf, frame, kinds, rates, drop=drop, n_boot=n_boot, seed=seed, split=split, train=train)
+    extra = {"run": str(run), "method": clf.method, "data": cfg.get("data", {}).get("name") or (str(data) if data else None)}
+    paths = write_sweep(result, run, title=f"{run.name} ({clf.method}, {split})", extra=extra)
+    return result, paths

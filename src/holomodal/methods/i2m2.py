@@ -1,0 +1,87 @@
+"""I2M2 (NeurIPS 2024): inter- and intra-modality experts combined as a product of experts.
+
+One intra-modality expert per modality (its own encoder and classifier) and one
+inter-modality expert (all encoders, a fusion module, a classifier). The prediction is
+
+    p(y | x_1..x_M) ∝ Π_e softmax(z_e)(y)  =  softmax(Σ_e z_e)(y),
+
+since ``log_softmax(z) = z - const``: the experts' logits are summed and one
+cross-entropy trains the combined prediction (no per-expert losses, no learned expert
+weights; spec section 2.1). An absent modality's intra expert contributes zero logits,
+i.e. a uniform factor; the inter expert sees the presence flags through its fusion.
+
+``init: pretrained_experts`` follows the paper's recommended recipe: for the first
+``expert_epochs`` epochs every expert is trained alone on its own cross-entropy (the
+experts share no parameters, so summing their losses is the same as separate runs), then
+all are fine-tuned jointly on the product's cross-entropy. ``joint: false`` never
+switches, which gives the intra-only baseline "sum of unimodal experts, each trained alone".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from holomodal.batch import Batch
+from holomodal.errors import ConfigError
+from holomodal.methods import register_method
+from holomodal.methods.base import ClassificationMethod, ModelContext
+from holomodal.methods.late_fusion import LateFusion
+
+
+@register_method("i2m2")
+class I2M2(ClassificationMethod):
+    def __init__(
+        self,
+        context: ModelContext,
+        encoders: dict[str, Any] | None = None,
+        head: dict[str, Any] | None = None,
+        inter: dict[str, Any] | None = None,
+        experts: tuple[str, ...] | list[str] = ("intra", "inter"),
+        init: str = "scratch",
+        expert_epochs: int = 0,
+        joint: bool = True,
+        optim: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(context, optim)
+        if init not in ("scratch", "pretrained_experts"):
+            raise ConfigError(f"i2m2 init must be 'scratch' or 'pretrained_experts', not '{init}'")
+        if not set(experts) <= {"intra", "inter"} or not experts:
+            raise ConfigError(f"i2m2 experts must be a non-empty subset of ['intra', 'inter'], got {list(experts)}")
+        self.expert_epochs = expert_epochs if init == "pretrained_experts" else 0
+        self.joint = joint
+        self.intra = nn.ModuleDict()
+        if "intra" in experts:
+            for m in context.modalities:
+                self.intra[m] = LateFusion(context, encoders=encoders, head=head, modalities=[m])
+        self.inter = LateFusion(context, **(inter or {"encoders": encoders, "head": head})) if "inter" in experts else None
+
+    def expert_logits(self, batch: Batch) -> dict[str, Tensor]:
+        """Each expert's logits; an absent modality's intra expert gives zeros."""
+        logits = {}
+        for m, expert in self.intra.items():
+            logits[m] = expert(batch) * batch.present[m][:, None].to(batch.present[m].device)
+        if self.inter is not None:
+            logits["inter"] = self.inter(batch)
+        return logits
+
+    def forward(self, batch: Batch) -> Tensor:
+        return torch.stack(list(self.expert_logits(batch).values())).sum(dim=0)
+
+    @property
+    def training_experts_alone(self) -> bool:
+        return not self.joint or self.current_epoch < self.expert_epochs
+
+    def training_loss(self, batch: Batch) -> Tensor:
+        if not self.training_experts_alone:
+            return self.loss_from_logits(self(batch), batch.target)
+        losses = []
+        for name, z in self.expert_logits(batch).items():
+            # an intra expert learns only from rows where its modality is present
+            rows = batch.present[name] if name in self.intra else torch.ones_like(batch.target, dtype=torch.bool)
+            per_row = nn.functional.cross_entropy(z, batch.target, reduction="none") if self.task != "multilabel" else \
+                nn.functional.binary_cross_entropy_with_logits(z, batch.target.float(), reduction="none").mean(dim=1)
+            losses.append((per_row * rows).sum() / rows.sum().clamp_min(1))
+        return torch.stack(losses).sum()

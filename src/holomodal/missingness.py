@@ -1,0 +1,191 @@
+"""Synthetic missingness: seeded generators for tabular cells and whole modalities.
+
+Tabular strategies follow TIP (spec section 1.8.1):
+  * ``rvm`` random value masking: ``int(M * N * r)`` cells of a split, without
+    replacement, drawn anew for every split;
+  * ``rfm`` random feature masking: ``int(N * r)`` whole columns, the same in every split;
+  * ``mifm`` / ``lifm``: the ``int(N * r)`` most / least important columns, ranked by a
+    scikit-learn random forest fitted on the training split.
+Modality strategies follow MMP/DCP: at rate ``eta`` a named modality is dropped, or with
+``both`` (``all`` for more than two modalities) the incomplete samples are shared evenly
+among the modalities, each losing one.
+
+A :class:`MissingnessPlan` is a list of :class:`MissingnessSpec`; fitted on the training
+split and serialised with the run, it re-makes the very same masks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from holomodal.errors import ConfigError
+
+TABULAR_KINDS = ("rvm", "rfm", "mifm", "lifm")
+KINDS = TABULAR_KINDS + ("modality",)
+# TIP seeds its RVM masks 2021/2022/2023 for train/val/test; offsets keep that pattern.
+SPLIT_OFFSETS = {"train": 0, "val": 1, "test": 2}
+
+
+def random_value_mask(n_rows: int, n_cols: int, rate: float, seed: int) -> np.ndarray:
+    """Exactly ``int(n_rows * n_cols * rate)`` cells set, chosen uniformly without replacement."""
+    mask = np.zeros(n_rows * n_cols, dtype=bool)
+    chosen = np.random.default_rng(seed).choice(mask.size, int(mask.size * rate), replace=False)
+    mask[chosen] = True
+    return mask.reshape(n_rows, n_cols)
+
+
+def random_feature_columns(n_cols: int, rate: float, seed: int) -> np.ndarray:
+    """``int(n_cols * rate)`` column indices; the seed alone decides them, so splits agree."""
+    return np.sort(np.random.default_rng(seed).choice(n_cols, int(n_cols * rate), replace=False))
+
+
+def importance_ranking(x: np.ndarray, y: np.ndarray, seed: int = 2022) -> np.ndarray:
+    """Column indices from most to least important, by random-forest impurity importance.
+
+    The forest (scikit-learn defaults, as in TIP) handles NaN cells natively, so observed
+    values are ranked as they are, without imputation.
+    """
+    from sklearn.ensemble import RandomForestClassifier
+
+    forest = RandomForestClassifier(random_state=seed, n_jobs=1)
+    forest.fit(np.asarray(x, dtype=np.float64), np.asarray(y))
+    # stable sort keeps ties in column order, so rankings are reproducible
+    return np.argsort(-forest.feature_importances_, kind="stable")
+
+
+def modality_keep(
+    n_rows: int, modalities: Sequence[str], rate: float, drop: str, seed: int
+) -> dict[str, np.ndarray]:
+    """Per-modality keep flags: ``round(n_rows * rate)`` rows lose a modality.
+
+    ``drop`` names one modality, or ``both`` / ``all`` to share the incomplete rows evenly
+    among ``modalities`` (each incomplete row loses exactly one of them).
+    """
+    keep = {m: np.ones(n_rows, dtype=bool) for m in modalities}
+    rng = np.random.default_rng(seed)
+    incomplete = rng.permutation(n_rows)[: int(round(n_rows * rate))]
+    if drop in ("both", "all"):
+        if drop == "both" and len(modalities) != 2:
+            raise ConfigError(
+                f"modality drop 'both' needs exactly two modalities, the data has {list(modalities)}; "
+                "use 'all' or name one"
+            )
+        for i, part in enumerate(np.array_split(incomplete, len(modalities))):
+            keep[modalities[i]][part] = False
+    elif drop in keep:
+        keep[drop][incomplete] = False
+    else:
+        raise ConfigError(f"cannot drop modality '{drop}': the data has {list(modalities)}")
+    return keep
+
+
+@dataclass
+class MissingnessSpec:
+    """One synthetic missingness pattern.
+
+    ``kind``: rvm, rfm, mifm, lifm or modality; ``rate``: fraction r (cells, columns or
+    samples); ``drop``: for ``modality``, the modality name or ``both`` / ``all``;
+    ``splits``: the splits it applies to.
+    """
+
+    kind: str
+    rate: float
+    seed: int = 2021
+    drop: str | None = None
+    splits: tuple[str, ...] = ("train", "val", "test")
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(f"unknown missingness kind '{self.kind}' (known: {', '.join(KINDS)})")
+        if not 0.0 <= float(self.rate) <= 1.0:
+            raise ConfigError(f"missingness rate must lie in [0, 1], got {self.rate}")
+        if self.kind == "modality" and not self.drop:
+            raise ConfigError("modality missingness needs 'drop': a modality name, 'both' or 'all'")
+        self.splits = tuple(self.splits)
+
+    @classmethod
+    def parse(cls, text: str) -> "MissingnessSpec":
+        """``rvm:0.3``, ``rfm:0.5@7`` (seed 7), ``modality:0.6:both``, ``modality:0.3:image@1``."""
+        body, _, seed = text.partition("@")
+        parts = body.split(":")
+        if len(parts) < 2:
+            raise ConfigError(f"cannot read missingness '{text}': expected KIND:RATE[:DROP][@SEED]")
+        try:
+            rate = float(parts[1])
+        except ValueError:
+            raise ConfigError(f"cannot read missingness '{text}': rate '{parts[1]}' is not a number") from None
+        kwargs: dict[str, Any] = {"kind": parts[0], "rate": rate}
+        if len(parts) > 2:
+            kwargs["drop"] = parts[2]
+        if seed:
+            kwargs["seed"] = int(seed)
+        return cls(**kwargs)
+
+
+@dataclass
+class SplitMasks:
+    cell_missing: np.ndarray | None  # (rows, n_tabular) bool, True = synthetically missing
+    keep: dict[str, np.ndarray]  # modality -> (rows,) bool, False = synthetically dropped
+
+
+@dataclass
+class MissingnessPlan:
+    specs: list[MissingnessSpec] = field(default_factory=list)
+    # fitted state: column ranking for mifm/lifm, learnt on the training split only
+    ranking_: list[int] | None = None
+
+    @property
+    def needs_ranking(self) -> bool:
+        return any(s.kind in ("mifm", "lifm") for s in self.specs)
+
+    def fit(self, train_tabular: np.ndarray, train_target: np.ndarray, seed: int = 2022) -> "MissingnessPlan":
+        if self.needs_ranking:
+            self.ranking_ = importance_ranking(train_tabular, train_target, seed).tolist()
+        return self
+
+    def masked_columns(self, spec: MissingnessSpec, n_cols: int) -> np.ndarray:
+        k = int(n_cols * spec.rate)
+        if spec.kind == "rfm":
+            return random_feature_columns(n_cols, spec.rate, spec.seed)
+        if self.ranking_ is None:
+            raise ConfigError(f"missingness '{spec.kind}' needs the plan fitted on the training split")
+        order = np.asarray(self.ranking_)
+        return np.sort(order[:k] if spec.kind == "mifm" else order[::-1][:k])
+
+    def masks(self, split: str, n_rows: int, n_tabular: int, modalities: Sequence[str]) -> SplitMasks:
+        cells = np.zeros((n_rows, n_tabular), dtype=bool) if n_tabular else None
+        keep = {m: np.ones(n_rows, dtype=bool) for m in modalities}
+        for spec in self.specs:
+            if split not in spec.splits:
+                continue
+            if spec.kind in TABULAR_KINDS:
+                if cells is None:
+                    raise ConfigError(f"missingness '{spec.kind}' needs tabular columns; the data has none")
+                if spec.kind == "rvm":
+                    cells |= random_value_mask(n_rows, n_tabular, spec.rate, spec.seed + SPLIT_OFFSETS.get(split, 3))
+                else:
+                    cells[:, self.masked_columns(spec, n_tabular)] = True
+            else:
+                seed = spec.seed + SPLIT_OFFSETS.get(split, 3)
+                for m, k in modality_keep(n_rows, list(modalities), spec.rate, spec.drop, seed).items():
+                    keep[m] &= k
+        return SplitMasks(cells, keep)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"specs": [asdict(s) for s in self.specs], "ranking": self.ranking_}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "MissingnessPlan":
+        data = data or {}
+        specs = [MissingnessSpec(**s) for s in data.get("specs", [])]
+        return cls(specs, data.get("ranking"))
+
+    @classmethod
+    def from_config(cls, items: Sequence[str | dict] | None) -> "MissingnessPlan":
+        specs = []
+        for item in items or []:
+            specs.append(MissingnessSpec.parse(item) if isinstance(item, str) else MissingnessSpec(**item))
+        return cls(specs)

@@ -1,0 +1,133 @@
+"""Preprocessing, fitted on the training split only and saved with the model.
+
+:class:`Preprocessor` turns a DataFrame into a :class:`~holomodal.batch.Batch` holding the
+whole split as tensors, with the natural missingness (NaN cells, blank text, absent or
+unreadable files) in its masks. Its fitted state is plain JSON: loading it never
+unpickles code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from holomodal.batch import Batch
+from holomodal.errors import DataError
+from holomodal.preprocessing.audio import AudioProcessor
+from holomodal.preprocessing.image import ImageProcessor
+from holomodal.preprocessing.tabular import TabularProcessor, UnseenCategoryWarning
+from holomodal.preprocessing.text import TextProcessor
+from holomodal.preprocessing.timeseries import TimeSeriesProcessor
+from holomodal.schema import TABULAR, Modality, Schema, Task
+
+__all__ = ["Preprocessor", "UnseenCategoryWarning"]
+
+
+class Preprocessor:
+    def __init__(self, schema: Schema) -> None:
+        self.schema = schema
+        self.processors: dict[str, Any] = {}
+        if schema.tabular:
+            self.processors[TABULAR] = TabularProcessor(schema.categorical, schema.continuous)
+        for col in schema.columns:
+            if col.modality == Modality.IMAGE:
+                self.processors[col.name] = ImageProcessor(col, schema.on_unreadable)
+            elif col.modality == Modality.AUDIO:
+                self.processors[col.name] = AudioProcessor(col, schema.on_unreadable)
+            elif col.modality == Modality.TEXT:
+                self.processors[col.name] = TextProcessor(col)
+            elif col.modality == Modality.TIMESERIES:
+                self.processors[col.name] = TimeSeriesProcessor(col)
+        self.classes_: list[str] = []
+
+    # ---- labels ------------------------------------------------------------------------
+    def _fit_labels(self, df: pd.DataFrame) -> None:
+        label = self.schema.label
+        given = label.options.get("classes")
+        if given:
+            self.classes_ = [str(c) for c in given]
+        elif self.schema.task == Task.MULTILABEL:
+            raise DataError(f"multi-label column '{label.name}' needs its 'classes' option")
+        else:
+            values = df[label.name]
+            self.classes_ = [str(v) for v in sorted(values.unique().tolist())]
+
+    def encode_labels(self, values: pd.Series) -> torch.Tensor:
+        name = self.schema.label.name
+        if self.schema.task == Task.MULTILABEL:
+            out = torch.zeros((len(values), len(self.classes_)), dtype=torch.float32)
+            for i, cell in enumerate(values.tolist()):
+                idx = [int(j) for j in (cell if cell is not None else [])]
+                if any(j < 0 or j >= len(self.classes_) for j in idx):
+                    raise DataError(f"label column '{name}', row {values.index[i]}: class index out of range in {cell}")
+                out[i, idx] = 1.0
+            return out
+        lookup = {c: i for i, c in enumerate(self.classes_)}
+        as_int = pd.to_numeric(values, errors="coerce")
+        if self.schema.label.options.get("classes") and as_int.notna().all():
+            codes = as_int
+        else:
+            codes = pd.to_numeric(values.map(lambda v: lookup.get(str(v))), errors="coerce")
+        bad = codes.isna() | (codes < 0) | (codes >= len(self.classes_))
+        if bad.any():
+            row = values.index[bad.to_numpy()][0]
+            raise DataError(
+                f"label column '{name}', row {row}: value {values[row]!r} is not one of the classes {self.classes_}"
+            )
+        return torch.from_numpy(np.array(codes.to_numpy(), dtype=np.int64))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes_)
+
+    # ---- fit / transform ---------------------------------------------------------------
+    def fit(self, df: pd.DataFrame) -> "Preprocessor":
+        self.schema.validate(df, allow_extra=True)
+        self._fit_labels(df)
+        for proc in self.processors.values():
+            proc.fit(df)
+        return self
+
+    def transform(self, df: pd.DataFrame, *, with_target: bool = True) -> tuple[Batch, dict[str, Any]]:
+        """The whole table as one :class:`Batch`, plus a summary of what was missing."""
+        self.schema.validate(df, require_label=with_target, allow_extra=True)
+        summary: dict[str, Any] = {"rows": len(df)}
+        inputs, present = {}, {}
+        cell_missing = None
+        for key, proc in self.processors.items():
+            if key == TABULAR:
+                inputs[key], cell_missing = proc.transform(df, summary)
+                present[key] = ~cell_missing.all(dim=1) if cell_missing.shape[1] else torch.ones(len(df), dtype=torch.bool)
+            else:
+                inputs[key], present[key] = proc.transform(df, summary)
+        summary["absent_modalities"] = {m: int((~p).sum()) for m, p in present.items()}
+        target = self.encode_labels(df[self.schema.label.name]) if with_target else None
+        batch = Batch(inputs, present, cell_missing, target, torch.arange(len(df))).zero_missing()
+        return batch, summary
+
+    def tabular_matrix(self, df: pd.DataFrame) -> np.ndarray:
+        """Tabular cells as numbers with NaN where missing (for feature-importance ranking)."""
+        return self.processors[TABULAR].raw_matrix(df)
+
+    # ---- description and state ---------------------------------------------------------
+    @property
+    def input_specs(self) -> dict[str, dict[str, Any]]:
+        return {key: proc.spec() for key, proc in self.processors.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "schema": self.schema.to_dict(),
+            "classes": self.classes_,
+            "processors": {key: proc.state() for key, proc in self.processors.items()},
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "Preprocessor":
+        pre = cls(Schema.from_dict(state["schema"]))
+        pre.classes_ = list(state["classes"])
+        for key, proc_state in state["processors"].items():
+            pre.processors[key].load_state(proc_state)
+        return pre

@@ -1,0 +1,117 @@
+"""Audio columns: WAV files read with soundfile, turned into fixed-length log-mel spectrograms.
+
+The mel filter bank and framing come from ``transformers.audio_utils`` (no torchaudio,
+which would pin another torch). Spectrograms are standardised with the training split's
+mean and standard deviation.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from math import gcd
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from holomodal.errors import DataError
+from holomodal.schema import Column
+
+
+class AudioProcessor:
+    def __init__(self, column: Column, on_unreadable: str = "error") -> None:
+        opts = column.options
+        self.column = column
+        self.sample_rate = int(opts.get("sample_rate", 16000))
+        self.n_mels = int(opts.get("n_mels", 40))
+        self.duration = float(opts.get("duration", 1.0))
+        self.frame_ms = float(opts.get("frame_ms", 25.0))
+        self.hop_ms = float(opts.get("hop_ms", 10.0))
+        self.on_unreadable = on_unreadable
+        self.mean_, self.std_ = 0.0, 1.0
+
+    @property
+    def n_samples(self) -> int:
+        return int(round(self.sample_rate * self.duration))
+
+    @property
+    def hop(self) -> int:
+        return int(self.sample_rate * self.hop_ms / 1000)
+
+    @property
+    def frames(self) -> int:
+        return 1 + self.n_samples // self.hop
+
+    def _log_mel(self, path: str) -> np.ndarray:
+        import soundfile as sf
+        from scipy.signal import resample_poly
+        from transformers.audio_utils import mel_filter_bank, spectrogram, window_function
+
+        wave, rate = sf.read(path, dtype="float32", always_2d=True)
+        wave = wave.mean(axis=1)
+        if rate != self.sample_rate:
+            g = gcd(int(rate), self.sample_rate)
+            wave = resample_poly(wave, self.sample_rate // g, int(rate) // g).astype(np.float32)
+        # fixed length: centre-crop long clips, zero-pad short ones at the end
+        if len(wave) > self.n_samples:
+            start = (len(wave) - self.n_samples) // 2
+            wave = wave[start : start + self.n_samples]
+        wave = np.pad(wave, (0, self.n_samples - len(wave)))
+        frame = int(self.sample_rate * self.frame_ms / 1000)
+        fft = 1 << (frame - 1).bit_length()
+        mel = mel_filter_bank(
+            num_frequency_bins=fft // 2 + 1, num_mel_filters=self.n_mels, min_frequency=0.0,
+            max_frequency=self.sample_rate / 2, sampling_rate=self.sample_rate, norm="slaney", mel_scale="slaney",
+        )
+        spec = spectrogram(
+            wave, window_function(frame, "hann"), frame_length=frame, hop_length=self.hop, fft_length=fft,
+            power=2.0, mel_filters=mel, log_mel="log", mel_floor=1e-6,
+        )
+        return spec[:, : self.frames].astype(np.float32)
+
+    def _load_checked(self, item: tuple[int, Any]) -> tuple[np.ndarray | None, str | None]:
+        row, value = item
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            return None, None
+        try:
+            return self._log_mel(str(value)), None
+        except Exception as exc:  # soundfile raises several types for broken files
+            return None, f"row {row}: cannot read audio '{value}' in column '{self.column.name}' ({exc.__class__.__name__}: {exc})"
+
+    def decode(self, df: pd.DataFrame, summary: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            results = list(pool.map(self._load_checked, zip(df.index.tolist(), df[self.column.name].tolist())))
+        specs = np.zeros((len(results), 1, self.n_mels, self.frames), dtype=np.float32)
+        present = np.zeros(len(results), dtype=bool)
+        failures = [err for _, err in results if err]
+        if failures and self.on_unreadable == "error":
+            more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+            raise DataError(failures[0] + more + "; set the schema's on_unreadable: missing to treat such files as a missing modality")
+        if failures:
+            summary.setdefault("unreadable_files", {})[self.column.name] = len(failures)
+        for i, (spec, _) in enumerate(results):
+            if spec is not None:
+                specs[i, 0, :, : spec.shape[1]] = spec
+                present[i] = True
+        return torch.from_numpy(specs), torch.from_numpy(present)
+
+    def fit(self, df: pd.DataFrame) -> "AudioProcessor":
+        specs, present = self.decode(df, {})
+        if present.any():
+            seen = specs[present]
+            self.mean_, self.std_ = float(seen.mean()), float(seen.std().clamp_min(1e-6))
+        return self
+
+    def transform(self, df: pd.DataFrame, summary: dict[str, Any]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        specs, present = self.decode(df, summary)
+        return {"spectrogram": (specs - self.mean_) / self.std_}, present
+
+    def spec(self) -> dict[str, Any]:
+        return {"n_mels": self.n_mels, "frames": self.frames}
+
+    def state(self) -> dict[str, Any]:
+        return {"mean": self.mean_, "std": self.std_}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.mean_, self.std_ = state["mean"], state["std"]
