@@ -35,7 +35,7 @@ from holomodal.methods import ClassificationMethod, ModelContext, create_method
 from holomodal.methods.base import compute_metrics
 from holomodal.missingness import MissingnessPlan
 from holomodal.preprocessing import Preprocessor
-from holomodal.runs import default_run_dir, prepare_run_dir, write_json, write_text
+from holomodal.runs import check_run_dir, default_run_dir, prepare_run_dir, write_json, write_text
 from holomodal.schema import Schema, Task
 
 FORMAT_VERSION = 1
@@ -57,6 +57,13 @@ class EpochSeed(Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         L.seed_everything(self.seed * 1_000_003 + trainer.current_epoch, verbose=False)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        # a resumed run draws from the global generator between epoch start and its first step
+        # (Lightning's restart, the loader's base seed) where a fresh run does not: seeding
+        # every step from (seed, epoch, batch) keeps its dropout masks those of a fresh run
+        state = np.random.SeedSequence([self.seed, trainer.current_epoch, batch_idx]).generate_state(1)[0]
+        L.seed_everything(int(state), verbose=False)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -208,6 +215,8 @@ class Classifier:
         self.schema.validate(train, allow_extra=True)
         if val is not None:
             self.schema.validate(val, allow_extra=True)
+        run_dir = Path(self.run_dir) if self.run_dir else default_run_dir(self.data_name, self.method)
+        check_run_dir(run_dir, resume=resume)
         L.seed_everything(self.seed, workers=True, verbose=False)
         # a resumed run reuses the preprocessing its checkpoint was trained with: refitting
         # could differ (tokenizers' WordPiece training is not deterministic across processes)
@@ -224,7 +233,6 @@ class Classifier:
         val_batch, val_summary = (None, None) if val is None else self._encode(val, "val", self.plan_)
         self.model_ = self._build_model()
 
-        run_dir = Path(self.run_dir) if self.run_dir else default_run_dir(self.data_name, self.method)
         self.run_dir_ = prepare_run_dir(run_dir, resume=resume)
         for name, content in (record or {}).items():
             if resume and (self.run_dir_ / name).exists():

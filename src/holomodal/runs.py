@@ -21,8 +21,8 @@ def default_run_dir(data_name: str | None, method: str) -> Path:
     return path
 
 
-def prepare_run_dir(path: str | Path, *, resume: bool) -> Path:
-    """Create the folder; an existing non-empty one is only accepted when resuming."""
+def check_run_dir(path: str | Path, *, resume: bool) -> None:
+    """Fail early (before any work) if the folder is taken, or has nothing to resume."""
     path = Path(path)
     if path.exists() and any(path.iterdir()) and not resume:
         raise RunFolderError(
@@ -31,6 +31,12 @@ def prepare_run_dir(path: str | Path, *, resume: bool) -> Path:
         )
     if resume and not (path / "checkpoints" / "last.ckpt").exists():
         raise RunFolderError(f"cannot resume: no checkpoint at '{path / 'checkpoints' / 'last.ckpt'}'")
+
+
+def prepare_run_dir(path: str | Path, *, resume: bool) -> Path:
+    """Create the folder; an existing non-empty one is only accepted when resuming."""
+    path = Path(path)
+    check_run_dir(path, resume=resume)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
