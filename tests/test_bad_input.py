@@ -28,15 +28,18 @@ def existing_run(tmp_path):
     return run
 
 
-def _tiny_classifier(schema, run_dir):
+def _tiny_classifier(schema, existing_run):
+    run_dir = existing_run.parent / "new_run"
     encoders = {"image": {"name": "lenet", "channels": 2, "blocks": 1}}
     return Classifier(schema, model={"encoders": encoders}, trainer={"max_epochs": 1, "enable_progress_bar": False},
                       run_dir=run_dir, loggers=["csv"])
 
 
 def _untouched(run):
+    """The earlier run is as it was, and the failed run wrote no folder of its own."""
     assert sorted(p.name for p in run.iterdir()) == ["metrics.json"]
     assert run.joinpath("metrics.json").read_text() == '{"test": {"auroc": 0.9}}'
+    assert not (run.parent / "new_run").exists()
 
 
 def test_unknown_column_is_named(covid, small, existing_run):
@@ -104,8 +107,10 @@ def test_empty_data_set(covid, small, existing_run):
 
 
 def test_existing_run_folder_is_never_overwritten(covid, small, existing_run):
+    clf = _tiny_classifier(covid.schema, existing_run)
+    clf.run_dir = existing_run
     with pytest.raises(RunFolderError, match="already exists"):
-        _tiny_classifier(covid.schema, existing_run).fit(small)
+        clf.fit(small)
     _untouched(existing_run)
 
 

@@ -13,6 +13,7 @@ ending in ``_`` (``preprocessor_``, ``model_``, ``plan_``, ``run_dir_``).
 from __future__ import annotations
 
 import copy
+import os
 import importlib.util
 import json
 import logging
@@ -26,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from holomodal.batch import Batch
@@ -39,6 +41,7 @@ from holomodal.runs import check_run_dir, default_run_dir, prepare_run_dir, writ
 from holomodal.schema import Schema, Task
 
 FORMAT_VERSION = 1
+RUN_DIR_ENV = "HOLOMODAL_RUN_DIR"
 log = logging.getLogger("holomodal")
 
 DEFAULT_TRAINER = {
@@ -215,8 +218,17 @@ class Classifier:
         self.schema.validate(train, allow_extra=True)
         if val is not None:
             self.schema.validate(val, allow_extra=True)
-        run_dir = Path(self.run_dir) if self.run_dir else default_run_dir(self.data_name, self.method)
-        check_run_dir(run_dir, resume=resume)
+        # under DDP every process runs fit(); only global rank 0 owns the run folder, and the
+        # processes it launches inherit the folder's name through the environment
+        rank = int(getattr(rank_zero_only, "rank", 0))
+        if self.run_dir:
+            run_dir = Path(self.run_dir)
+        elif rank != 0 and RUN_DIR_ENV in os.environ:
+            run_dir = Path(os.environ[RUN_DIR_ENV])
+        else:
+            run_dir = default_run_dir(self.data_name, self.method)
+        if rank == 0:
+            check_run_dir(run_dir, resume=resume)
         L.seed_everything(self.seed, workers=True, verbose=False)
         # a resumed run reuses the preprocessing its checkpoint was trained with: refitting
         # could differ (tokenizers' WordPiece training is not deterministic across processes)
@@ -233,21 +245,12 @@ class Classifier:
         val_batch, val_summary = (None, None) if val is None else self._encode(val, "val", self.plan_)
         self.model_ = self._build_model()
 
-        self.run_dir_ = prepare_run_dir(run_dir, resume=resume)
-        for name, content in (record or {}).items():
-            if resume and (self.run_dir_ / name).exists():
-                continue  # the run's original record stays as written
-            if name.endswith(".yaml"):
-                from omegaconf import OmegaConf
-
-                write_text(self.run_dir_ / name, OmegaConf.to_yaml(OmegaConf.create(content)))
-            else:
-                write_json(self.run_dir_ / name, content)
-        write_json(self.run_dir_ / "schema.json", self.schema.to_dict())
-        if not (resume and (self.run_dir_ / "preprocessor.json").exists()):
-            write_json(self.run_dir_ / "preprocessor.json", self.preprocessor_.state_dict())
-        write_json(self.run_dir_ / "missingness.json", self.plan_.to_dict())
-        write_json(self.run_dir_ / "data_summary.json", {"train": train_summary, "val": val_summary})
+        if rank != 0:
+            self.run_dir_ = run_dir
+        else:
+            self.run_dir_ = prepare_run_dir(run_dir, resume=resume)
+            os.environ[RUN_DIR_ENV] = str(self.run_dir_)
+            self._write_run_record(record, train_summary, val_summary, resume)
 
         # Lightning's CSV logger deletes an existing metrics.csv: keep the resumed run's history
         earlier_log = _read_log(self.run_dir_ / "metrics.csv") if resume else None
@@ -265,6 +268,22 @@ class Classifier:
         self.model_.eval()
         self.best_checkpoint_ = best
         return self
+
+    def _write_run_record(self, record: dict[str, Any] | None, train_summary: dict, val_summary: dict | None, resume: bool) -> None:
+        for name, content in (record or {}).items():
+            if resume and (self.run_dir_ / name).exists():
+                continue  # the run's original record stays as written
+            if name.endswith(".yaml"):
+                from omegaconf import OmegaConf
+
+                write_text(self.run_dir_ / name, OmegaConf.to_yaml(OmegaConf.create(content)))
+            else:
+                write_json(self.run_dir_ / name, content)
+        write_json(self.run_dir_ / "schema.json", self.schema.to_dict())
+        if not (resume and (self.run_dir_ / "preprocessor.json").exists()):
+            write_json(self.run_dir_ / "preprocessor.json", self.preprocessor_.state_dict())
+        write_json(self.run_dir_ / "missingness.json", self.plan_.to_dict())
+        write_json(self.run_dir_ / "data_summary.json", {"train": train_summary, "val": val_summary})
 
     def _make_trainer(self, has_val: bool):
         from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar

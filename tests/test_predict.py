@@ -1,0 +1,124 @@
+"""`holomodal predict` and `predict_frame`: bad input stops with a message naming the file and
+column, through the command line (status 2, message on stderr) and through the API."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from holomodal.cli import main
+from holomodal.errors import DataError, SchemaError
+from holomodal.estimator import Classifier
+from holomodal.prediction import predict_frame, read_frame
+
+ENCODERS = {"image": {"name": "lenet", "channels": 2, "blocks": 1},
+            "text": {"name": "text_transformer", "hidden_size": 16, "layers": 1, "heads": 2, "intermediate_size": 32},
+            "tabular": {"name": "tabular_mlp", "hidden": 16, "layers": 1}}
+
+
+@pytest.fixture(scope="module")
+def run(covid, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("predict") / "run"
+    clf = Classifier(covid.schema, model={"encoders": ENCODERS}, trainer={"max_epochs": 1, "enable_progress_bar": False},
+                     batch_size=16, run_dir=folder, loggers=["csv"])
+    clf.fit(covid.split("train").iloc[:48], covid.split("val").iloc[:16])
+    clf.save(folder / "model")
+    return clf, folder
+
+
+@pytest.fixture()
+def rows(covid):
+    # new rows as a user would bring them: no label, no patient id
+    return covid.split("test").iloc[:12].drop(columns=["label", "patientid"]).reset_index(drop=True)
+
+
+def _cli(capsys, run_dir, data, out):
+    code = main(["predict", str(run_dir), str(data), "--out", str(out)])
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+def test_good_input_gives_one_row_per_input(run, rows, tmp_path, capsys):
+    clf, folder = run
+    data, out = tmp_path / "rows.parquet", tmp_path / "preds.parquet"
+    rows.to_parquet(data)
+    code, err = _cli(capsys, folder, data, out)
+    assert code == 0, err
+    preds = pd.read_parquet(out)
+    assert len(preds) == len(rows)
+    assert {"proba_other", "proba_COVID-19", "prediction", "missing_image", "missing_cells"} <= set(preds.columns)
+    np.testing.assert_allclose(preds[["proba_other", "proba_COVID-19"]].to_numpy(), clf.predict_proba(rows), atol=1e-6)
+
+
+def test_missing_column(run, rows, tmp_path, capsys):
+    clf, folder = run
+    bad = rows.drop(columns=["age"])
+    with pytest.raises(SchemaError, match=r"column\(s\) 'age' needed by the model are missing"):
+        predict_frame(clf, bad)
+    data = tmp_path / "no_age.csv"
+    bad.to_csv(data, index=False)
+    code, err = _cli(capsys, folder, data, tmp_path / "out.parquet")
+    assert code == 2 and "no_age.csv" in err and "'age'" in err and "missing" in err and "Traceback" not in err
+    assert not (tmp_path / "out.parquet").exists()
+
+
+def test_extra_column(run, rows, tmp_path, capsys):
+    clf, folder = run
+    bad = rows.assign(shoe_size=42)
+    with pytest.raises(SchemaError, match=r"unknown column\(s\) 'shoe_size'"):
+        predict_frame(clf, bad)
+    assert len(predict_frame(clf, bad, allow_extra=True)) == len(rows)
+    data = tmp_path / "extra.parquet"
+    bad.to_parquet(data)
+    code, err = _cli(capsys, folder, data, tmp_path / "out.parquet")
+    assert code == 2 and "extra.parquet" in err and "'shoe_size'" in err
+
+
+def test_wrong_dtype(run, rows, tmp_path, capsys):
+    clf, folder = run
+    bad = rows.astype({"temperature": object})
+    bad.loc[4, "temperature"] = "warm"
+    with pytest.raises(SchemaError, match=r"column 'temperature' is declared continuous.*'warm'.*row\(s\) 4"):
+        predict_frame(clf, bad)
+    data = tmp_path / "typed.csv"
+    bad.to_csv(data, index=False)
+    code, err = _cli(capsys, folder, data, tmp_path / "out.csv")
+    assert code == 2 and "typed.csv" in err and "'temperature'" in err and "'warm'" in err
+
+
+def test_unreadable_file(run, tmp_path, capsys):
+    _, folder = run
+    data = tmp_path / "broken.parquet"
+    data.write_bytes(b"this is not parquet at all")
+    with pytest.raises(DataError, match=r"cannot read data file '.*broken.parquet' as parquet"):
+        read_frame(data)
+    code, err = _cli(capsys, folder, data, tmp_path / "out.parquet")
+    assert code == 2 and "broken.parquet" in err and "Traceback" not in err
+    code, err = _cli(capsys, folder, tmp_path / "absent.csv", tmp_path / "out.parquet")
+    assert code == 2 and "absent.csv" in err and "not found" in err
+    odd = tmp_path / "rows.xlsx"
+    odd.write_bytes(b"x")
+    code, err = _cli(capsys, folder, odd, tmp_path / "out.parquet")
+    assert code == 2 and "unsupported format" in err
+
+
+def test_unreadable_image_names_file_and_row(run, rows, tmp_path, capsys):
+    clf, folder = run
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    bad = rows.copy()
+    bad.loc[3, "image"] = str(broken)
+    with pytest.raises(DataError, match=r"row 3: cannot read image '.*broken.jpg'"):
+        predict_frame(clf, bad)
+    data = tmp_path / "rows.parquet"
+    bad.to_parquet(data)
+    code, err = _cli(capsys, folder, data, tmp_path / "out.parquet")
+    assert code == 2 and "broken.jpg" in err
+
+
+def test_output_is_never_overwritten(run, rows, tmp_path, capsys):
+    _, folder = run
+    data, out = tmp_path / "rows.parquet", tmp_path / "preds.csv"
+    rows.to_parquet(data)
+    out.write_text("keep")
+    code, err = _cli(capsys, folder, data, out)
+    assert code == 2 and "will not overwrite" in err and out.read_text() == "keep"
