@@ -46,7 +46,7 @@ def test_good_input_gives_one_row_per_input(run, rows, tmp_path, capsys):
     preds = pd.read_parquet(out)
     assert len(preds) == len(rows)
     assert {"proba_other", "proba_COVID-19", "prediction", "missing_image", "missing_cells"} <= set(preds.columns)
-    np.testing.assert_allclose(preds[["proba_other", "proba_COVID-19"]].to_numpy(), clf.predict_proba(rows), atol=1e-6)
+    np.testing.assert_allclose(preds[["proba_other", "proba_COVID-19"]].to_numpy(), clf.predict_proba(rows.assign(patientid=None)), atol=1e-6)
 
 
 def test_missing_column(run, rows, tmp_path, capsys):
