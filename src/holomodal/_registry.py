@@ -11,6 +11,12 @@ T = TypeVar("T")
 
 
 class Registry:
+    """``register(name)`` decorates a factory, ``create(name, ...)`` calls it.
+
+    Unknown names raise :class:`ConfigError` listing the known ones, so a typo in a
+    configuration file reads as a user error rather than a ``KeyError`` traceback.
+    """
+
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, Callable[..., Any]] = {}
@@ -26,7 +32,8 @@ class Registry:
 
     def get(self, name: str) -> Callable[..., Any]:
         if name not in self._entries:
-            raise ConfigError(f"unknown {self.kind} '{name}' (known: {', '.join(sorted(self._entries))})")
+            known = ", ".join(sorted(self._entries)) or "none"
+            raise ConfigError(f"unknown {self.kind} '{name}' (known: {known})")
         return self._entries[name]
 
     def create(self, name: str, *args: Any, **kwargs: Any) -> Any:
@@ -37,3 +44,6 @@ class Registry:
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)

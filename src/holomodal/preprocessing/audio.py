@@ -43,58 +43,60 @@ class AudioProcessor:
     def frames(self) -> int:
         return 1 + self.n_samples // self.hop
 
-    def _log_mel(self, path: str) -> np.ndarray:
+    def _read_wave(self, path: str) -> np.ndarray:
+        """Mono float waveform at the column's sample rate, centre-cropped or zero-padded."""
         import soundfile as sf
         from scipy.signal import resample_poly
-        from transformers.audio_utils import mel_filter_bank, spectrogram, window_function
 
         wave, rate = sf.read(path, dtype="float32", always_2d=True)
         wave = wave.mean(axis=1)
         if rate != self.sample_rate:
             g = gcd(int(rate), self.sample_rate)
             wave = resample_poly(wave, self.sample_rate // g, int(rate) // g).astype(np.float32)
-        # fixed length: centre-crop long clips, zero-pad short ones at the end
         if len(wave) > self.n_samples:
             start = (len(wave) - self.n_samples) // 2
             wave = wave[start : start + self.n_samples]
-        wave = np.pad(wave, (0, self.n_samples - len(wave)))
-        frame = int(self.sample_rate * self.frame_ms / 1000)
-        fft = 1 << (frame - 1).bit_length()
-        mel = mel_filter_bank(
-            num_frequency_bins=fft // 2 + 1, num_mel_filters=self.n_mels, min_frequency=0.0,
-            max_frequency=self.sample_rate / 2, sampling_rate=self.sample_rate, norm="slaney", mel_scale="slaney",
-        )
-        spec = spectrogram(
-            wave, window_function(frame, "hann"), frame_length=frame, hop_length=self.hop, fft_length=fft,
-            power=2.0, mel_filters=mel, log_mel="log", mel_floor=1e-6,
-        )
-        return spec[:, : self.frames].astype(np.float32)
+        return np.pad(wave, (0, self.n_samples - len(wave)))
 
-    def _load_checked(self, item: tuple[int, Any]) -> tuple[np.ndarray | None, str | None]:
+    def _read_checked(self, item: tuple[int, Any]) -> tuple[np.ndarray | None, str | None]:
         row, value = item
         if value is None or (isinstance(value, float) and np.isnan(value)):
             return None, None
         try:
-            return self._log_mel(str(value)), None
+            return self._read_wave(str(value)), None
         except Exception as exc:  # soundfile raises several types for broken files
             return None, f"row {row}: cannot read audio '{value}' in column '{self.column.name}' ({exc.__class__.__name__}: {exc})"
 
+    def _log_mel(self, waves: torch.Tensor) -> torch.Tensor:
+        """(N, samples) -> (N, n_mels, frames): one batched STFT for the whole split."""
+        from transformers.audio_utils import mel_filter_bank
+
+        frame = int(self.sample_rate * self.frame_ms / 1000)
+        fft = 1 << (frame - 1).bit_length()
+        mel = torch.from_numpy(mel_filter_bank(
+            num_frequency_bins=fft // 2 + 1, num_mel_filters=self.n_mels, min_frequency=0.0,
+            max_frequency=self.sample_rate / 2, sampling_rate=self.sample_rate, norm="slaney", mel_scale="slaney",
+        )).float()
+        spec = torch.stft(waves, n_fft=fft, hop_length=self.hop, win_length=frame, window=torch.hann_window(frame),
+                          center=True, return_complex=True).abs().pow(2)
+        return torch.log(torch.clamp(mel.T @ spec, min=1e-6))[..., : self.frames]
+
     def decode(self, df: pd.DataFrame, summary: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         with ThreadPoolExecutor(max_workers=4) as pool:
-            results = list(pool.map(self._load_checked, zip(df.index.tolist(), df[self.column.name].tolist())))
-        specs = np.zeros((len(results), 1, self.n_mels, self.frames), dtype=np.float32)
-        present = np.zeros(len(results), dtype=bool)
+            results = list(pool.map(self._read_checked, zip(df.index.tolist(), df[self.column.name].tolist())))
         failures = [err for _, err in results if err]
         if failures and self.on_unreadable == "error":
             more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
             raise DataError(failures[0] + more + "; set the schema's on_unreadable: missing to treat such files as a missing modality")
         if failures:
             summary.setdefault("unreadable_files", {})[self.column.name] = len(failures)
-        for i, (spec, _) in enumerate(results):
-            if spec is not None:
-                specs[i, 0, :, : spec.shape[1]] = spec
-                present[i] = True
-        return torch.from_numpy(specs), torch.from_numpy(present)
+        present = np.array([wave is not None for wave, _ in results], dtype=bool)
+        waves = np.zeros((len(results), self.n_samples), dtype=np.float32)
+        for i, (wave, _) in enumerate(results):
+            if wave is not None:
+                waves[i] = wave
+        specs = self._log_mel(torch.from_numpy(waves)) if len(waves) else torch.zeros(0, self.n_mels, self.frames)
+        return specs.unsqueeze(1).contiguous(), torch.from_numpy(present)
 
     def fit(self, df: pd.DataFrame) -> "AudioProcessor":
         specs, present = self.decode(df, {})

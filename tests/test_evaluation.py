@@ -1,0 +1,121 @@
+"""Robustness sweeps: metrics against missing rate, with bootstrap intervals, on real rows."""
+
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+from PIL import Image
+
+from holomodal.cli import main
+from holomodal.errors import DataError
+from holomodal.estimator import Classifier
+from holomodal.evaluation import COLUMNS, robustness_sweep
+from holomodal.schema import Schema
+
+ENCODERS = {"image": {"name": "lenet", "channels": 2, "blocks": 1},
+            "text": {"name": "text_transformer", "hidden_size": 16, "layers": 1, "heads": 2, "intermediate_size": 32},
+            "tabular": {"name": "tabular_mlp", "hidden": 16, "layers": 1}}
+KINDS = ["rvm", "rfm", "mifm", "lifm", "modality"]
+BINARY_METRICS = {"accuracy", "balanced_accuracy", "f1_macro", "auroc", "auprc"}
+
+
+def _tiny(schema, run_dir):
+    return Classifier(schema, model={"encoders": ENCODERS}, trainer={"max_epochs": 1, "enable_progress_bar": False},
+                      batch_size=16, run_dir=run_dir, loggers=["csv"])
+
+
+@pytest.fixture(scope="module")
+def fitted(covid, tmp_path_factory):
+    train, test = covid.split("train").iloc[:64], covid.split("test").iloc[:48]
+    clf = _tiny(covid.schema, tmp_path_factory.mktemp("sweep") / "run").fit(train, covid.split("val").iloc[:16])
+    return clf, train, test
+
+
+def test_sweep_is_tidy_and_consistent_with_evaluate(fitted):
+    clf, train, test = fitted
+    result = robustness_sweep(clf, test, KINDS, [0, 0.5, 0.9], n_boot=30, train=train)
+    assert list(result.columns) == COLUMNS
+    assert set(result["kind"]) == set(KINDS) and set(result["metric"]) == BINARY_METRICS
+    assert len(result) == len(KINDS) * 3 * len(BINARY_METRICS)
+    assert (result["ci_low"] <= result["ci_high"]).all()
+    # at rate 0 every kind is the data as it is: the metrics of Classifier.evaluate
+    clean = result[result["rate"] == 0]
+    reference = clf.evaluate(test)
+    for kind in KINDS:
+        values = clean[clean["kind"] == kind].set_index("metric")["value"]
+        for name, value in reference.items():
+            assert values[name] == pytest.approx(value, abs=1e-6)
+    # hiding 90 % of the inputs changes the model's scores
+    auroc = result[(result["metric"] == "auroc") & (result["rate"] == 0.9)]["value"]
+    assert not np.allclose(auroc.to_numpy(), reference["auroc"])
+    assert result.attrs["ranking"]["source"] == "fitted on the training split"
+    assert sorted(result.attrs["ranking"]["columns"]) == list(range(len(clf.schema.tabular)))
+
+
+def test_bootstrap_is_seeded(fitted):
+    clf, _, test = fitted
+    a = robustness_sweep(clf, test, ["rvm"], [0.3], n_boot=20, seed=1)
+    b = robustness_sweep(clf, test, ["rvm"], [0.3], n_boot=20, seed=1)
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_ranking_needs_the_training_split(fitted):
+    clf, _, test = fitted
+    with pytest.raises(DataError, match="ranking.*training split"):
+        robustness_sweep(clf, test, ["mifm"], [0.5], n_boot=5)
+
+
+def test_data_without_tabular_columns_skips_tabular_kinds(covid, tmp_path, capsys, caplog):
+    keep = [c for c in covid.schema.to_dict()["columns"] if c["modality"] not in ("categorical", "continuous")]
+    schema = Schema.from_dict({**covid.schema.to_dict(), "columns": keep})
+    names = [c["name"] for c in keep]
+    run = tmp_path / "run"
+    clf = _tiny(schema, run).fit(covid.split("train")[names].iloc[:48], covid.split("val")[names].iloc[:16])
+    clf.save(run / "model")
+    test = covid.split("test")[names].iloc[:32]
+    with caplog.at_level(logging.WARNING, logger="holomodal"):
+        result = robustness_sweep(clf, test, ["rvm", "mifm", "modality"], [0, 0.5], n_boot=10)
+    assert set(result["kind"]) == {"modality"}
+    assert result.attrs["skipped"] == {"rvm": "the data has no tabular columns", "mifm": "the data has no tabular columns"}
+    assert "skipping 'rvm'" in caplog.text
+
+    data = tmp_path / "test.parquet"
+    test.to_parquet(data)
+    code = main(["evaluate", str(run), "--missing", "rvm,modality", "--rates", "0,0.5", "--n-boot", "5", "--data", str(data)])
+    err = capsys.readouterr().err
+    assert code == 0 and "skipped 'rvm': the data has no tabular columns" in err
+
+
+def _train_run(covid, folder, name):
+    """A run made by `holomodal train` on real covid_cxr rows written as files."""
+    for split, n in (("train", 64), ("val", 24), ("test", 48)):
+        covid.split(split).iloc[:n].to_parquet(folder / f"{split}.parquet")
+    (folder / "schema.json").write_text(covid.schema.to_json())
+    cfg = {"data": {**{s: str(folder / f"{s}.parquet") for s in ("train", "val", "test")}, "schema": str(folder / "schema.json")},
+           "model": {"encoders": ENCODERS}, "batch_size": 16,
+           "trainer": {"max_epochs": 1, "enable_progress_bar": False}, "run": {"dir": str(folder / name), "loggers": ["csv"]}}
+    OmegaConf.save(OmegaConf.create(cfg), folder / "tiny.yaml")
+    assert main(["train", "-c", str(folder / "tiny.yaml")]) == 0
+    return folder / name
+
+
+def test_cli_writes_new_csv_json_png_each_time(covid, tmp_path, capsys):
+    run = _train_run(covid, tmp_path, "run")
+    args = ["evaluate", str(run), "--missing", "rvm,rfm,mifm,lifm,modality", "--rates", "0,0.1,0.3,0.5,0.7,0.9", "--n-boot", "20"]
+    assert main(args) == 0
+    assert main(args) == 0  # same second: a new name, never an overwrite
+    out = capsys.readouterr().out
+    csvs = sorted(run.glob("evaluation-*.csv"))
+    assert len(csvs) == 2 and len(list(run.glob("evaluation-*.json"))) == 2 and len(list(run.glob("evaluation-*.png"))) == 2
+    table = pd.read_csv(csvs[0])
+    assert list(table.columns) == COLUMNS
+    assert sorted(table["rate"].unique()) == [0, 0.1, 0.3, 0.5, 0.7, 0.9]
+    assert set(table["kind"]) == set(KINDS)
+    meta = json.loads(csvs[0].with_suffix(".json").read_text())
+    assert meta["ranking"]["source"] == "fitted on the training split" and meta["n_boot"] == 20
+    png = np.asarray(Image.open(csvs[0].with_suffix(".png")).convert("L"), dtype=float)
+    assert png.std() > 5
+    assert "written:" in out and "rvm" in out
