@@ -2,7 +2,9 @@
 modality dropout.
 
 Models: I2M2 (intra + inter experts, experts trained alone then jointly), inter-only (late
-fusion), intra-only (sum of unimodal experts, each trained alone) and each unimodal model.
+fusion), each unimodal model, and intra-only: the product of the unimodal models' predicted
+distributions (= softmax of their summed logits; an absent modality's model contributes a
+uniform factor), i.e. the sum of unimodal experts, each trained alone.
 Test-time dropout eta: each test sample loses one modality with probability eta (the
 incomplete samples are shared evenly among the modalities).
 
@@ -18,8 +20,12 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from holomodal.config import load_config, to_container
 from holomodal.experiment import classifier_from_config, load_splits
+from holomodal.methods.base import compute_metrics
 
 TASKS = {
     "av_digits": {"config": "av_digits_i2m2", "modalities": ["image", "audio"], "metrics": ["accuracy"]},
@@ -33,10 +39,7 @@ def variant_config(task: str, variant: str, seed: int, run_root: Path) -> dict:
     spec = TASKS[task]
     cfg = to_container(load_config([spec["config"]]))
     model = cfg["model"]
-    if variant == "intra_only":
-        model.update(init="pretrained_experts", joint=False, experts=["intra"])
-        model.pop("inter", None)
-    elif variant != "i2m2":
+    if variant != "i2m2":
         # late-fusion models (inter-only, unimodal) use the inter expert's encoders
         inter = model.get("inter") or {"encoders": model["encoders"], "head": model["head"]}
         cfg["method"] = "late_fusion"
@@ -50,19 +53,40 @@ def variant_config(task: str, variant: str, seed: int, run_root: Path) -> dict:
 
 
 def variants(task: str) -> list[str]:
-    return ["i2m2", "inter_only", "intra_only"] + [f"{m}_only" for m in TASKS[task]["modalities"]]
+    return ["i2m2", "inter_only"] + [f"{m}_only" for m in TASKS[task]["modalities"]]
 
 
-def run_one(task: str, variant: str, seed: int, run_root: Path) -> dict:
+def eta_missing(eta: float, seed: int) -> list[dict] | None:
+    return [{"kind": "modality", "rate": eta, "drop": "all", "seed": 100 + seed}] if eta else None
+
+
+def run_one(task: str, variant: str, seed: int, run_root: Path) -> tuple[dict, dict]:
+    """Metrics per eta, and the test probabilities per eta (for the intra-only product)."""
     cfg = variant_config(task, variant, seed, run_root)
     splits = load_splits(cfg["data"])
     clf = classifier_from_config(cfg, splits.schema, splits.name)
     start = time.perf_counter()
     clf.fit(splits.train, splits.val)
     out = {"fit_seconds": time.perf_counter() - start}
+    probs = {}
     for eta in ETAS:
-        missing = [{"kind": "modality", "rate": eta, "drop": "all", "seed": 100 + seed}] if eta else None
-        out[f"eta={eta}"] = clf.evaluate(splits.test, missing=missing)
+        out[f"eta={eta}"] = clf.evaluate(splits.test, missing=eta_missing(eta, seed))
+        probs[eta] = clf.predict_proba(splits.test, missing=eta_missing(eta, seed))
+    out["_target"] = clf.preprocessor_.encode_labels(splits.test[splits.schema.label.name])
+    out["_task"] = (clf.schema.task.value, clf.preprocessor_.num_classes)
+    return out, probs
+
+
+def intra_only(unimodal: list[tuple[dict, dict]]) -> dict:
+    """Product of the unimodal models' distributions, renormalised."""
+    first = unimodal[0][0]
+    out = {"fit_seconds": sum(r["fit_seconds"] for r, _ in unimodal)}
+    for eta in ETAS:
+        product = np.ones_like(unimodal[0][1][eta])
+        for _, probs in unimodal:
+            product = product * probs[eta]
+        product = product / product.sum(axis=1, keepdims=True)
+        out[f"eta={eta}"] = compute_metrics(*first["_task"], torch.from_numpy(product), first["_target"])
     return out
 
 
@@ -91,7 +115,6 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--tasks", default="av_digits,physionet2012")
-    parser.add_argument("--variants", default="", help="comma-separated subset (default: all)")
     parser.add_argument("--out", default="benchmarks/results/i2m2")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -99,12 +122,17 @@ def main() -> None:
     results: dict = {}
     total = time.perf_counter()
     for task in args.tasks.split(","):
-        chosen = args.variants.split(",") if args.variants else variants(task)
-        for variant in chosen:
-            for seed in seeds:
-                res = run_one(task, variant, seed, run_root)
+        for seed in seeds:
+            unimodal = []
+            for variant in variants(task):
+                res, probs = run_one(task, variant, seed, run_root)
+                if variant not in ("i2m2", "inter_only"):
+                    unimodal.append((res, probs))
                 results.setdefault(task, {}).setdefault(variant, {})[seed] = res
-                print(f"{task} {variant} seed {seed}: {json.dumps(res)}", flush=True)
+            results[task].setdefault("intra_only", {})[seed] = intra_only(unimodal)
+            for variant, per_seed in results[task].items():
+                per_seed[seed] = {k: v for k, v in per_seed[seed].items() if not k.startswith("_")}
+                print(f"{task} {variant} seed {seed}: {json.dumps(per_seed[seed])}", flush=True)
     seconds = time.perf_counter() - total
     table = summarise(results, seeds) + f"\n\nTotal run time: {seconds:.0f} s on CPU.\n"
     print(table)
