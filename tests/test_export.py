@@ -9,6 +9,7 @@ import pytest
 from holomodal.cli import main
 from holomodal.estimator import Classifier
 from holomodal.export import flatten_batch, onnx_probabilities
+from holomodal.schema import Schema
 
 pytest.importorskip("onnxruntime")
 
@@ -19,11 +20,23 @@ ENCODERS = {
 }
 
 
+def small_schema(schema, drop=()):
+    """The data set's schema with 32-pixel images and 32-token notes: the test stays quick
+    on two CPU cores; ``drop`` leaves out columns of those modalities."""
+    columns = []
+    for c in schema.to_dict()["columns"]:
+        if c["modality"] in drop:
+            continue
+        shrink = {"image": {"size": 32}, "text": {"max_length": 32}}.get(c["modality"], {})
+        columns.append({**c, "options": {**c["options"], **shrink}})
+    return Schema.from_dict({**schema.to_dict(), "columns": columns})
+
+
 @pytest.fixture(scope="module")
 def fitted(covid, tmp_path_factory):
     """A one-epoch model on real covid_cxr rows (table + X-ray + notes), saved as a run."""
     run = tmp_path_factory.mktemp("export") / "run"
-    clf = Classifier(covid.schema, model={"encoders": ENCODERS, "head": {"hidden": 8, "dropout": 0.2}},
+    clf = Classifier(small_schema(covid.schema), model={"encoders": ENCODERS, "head": {"hidden": 8, "dropout": 0.2}},
                      trainer={"max_epochs": 1, "enable_progress_bar": False}, batch_size=16,
                      run_dir=run, loggers=["csv"])
     clf.fit(covid.split("train").iloc[:64], covid.split("val").iloc[:24])

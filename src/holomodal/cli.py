@@ -13,6 +13,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
+import pandas as pd
+
 from holomodal.errors import HolomodalError
 
 
@@ -123,6 +125,14 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_blank(value: Any) -> bool:
+    if isinstance(value, str):
+        return not value.strip()
+    if isinstance(value, (list, tuple)) or hasattr(value, "shape"):
+        return False  # arrays and label lists are values, even when empty
+    return bool(pd.isna(value))
+
+
 def describe_bundle(bundle: Any, check: bool = False) -> str:
     from holomodal.preprocessing import Preprocessor
 
@@ -130,12 +140,12 @@ def describe_bundle(bundle: Any, check: bool = False) -> str:
     lines = [f"data set {bundle.name}: {len(frame)} rows, task {schema.task.value}, label '{schema.label.name}'"]
     lines.append("splits: " + ", ".join(f"{k} {len(v)}" for k, v in bundle.splits.items()))
     for col in schema.columns:
-        blank = frame[col.name].map(lambda v: v is None or (isinstance(v, float) and v != v) or (isinstance(v, str) and not v.strip()))
+        blank = frame[col.name].map(_is_blank)
         lines.append(f"  {col.name:<28} {col.modality.value:<12} missing {int(blank.sum()):>6} ({blank.mean():.1%})")
     if check:
         pre = Preprocessor(schema).fit(bundle.split("train"))
         for split in bundle.splits:
-            _, summary = pre.transform(bundle.split(split))
+            _, summary = pre.transform(bundle.split(split), with_target=split != "unlabelled")
             absent = ", ".join(f"{m} {n}" for m, n in summary["absent_modalities"].items())
             cells = sum(summary.get("missing_cells", {}).values())
             extra = f"; unreadable files {summary['unreadable_files']}" if "unreadable_files" in summary else ""

@@ -259,7 +259,7 @@ class Classifier:
         val_loader = None if val_batch is None else make_loader(val_batch, self.batch_size * 2, shuffle=False)
         ckpt = str(self.run_dir_ / "checkpoints" / "last.ckpt") if resume else None
         trainer.fit(self.model_, train_loader, val_loader, ckpt_path=ckpt)
-        if earlier_log is not None:
+        if earlier_log is not None and rank == 0:
             _merge_log(self.run_dir_ / "metrics.csv", earlier_log)
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if best:

@@ -1,53 +1,37 @@
-"""Bundled real data sets: each loader returns a DataFrame, its Schema and deterministic splits."""
+"""Loaders for the real data sets: each returns a table, its Schema and deterministic splits.
+
+>>> from holomodal.data import load_dataset
+>>> bundle = load_dataset("covid_cxr", target="survival")   # root: argument, $HOLOMODAL_DATA, ../shared/data
+>>> train = bundle.split("train")
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import numpy as np
-import pandas as pd
-
-from holomodal._registry import Registry
+from holomodal.data._registry import (
+    DatasetBundle,
+    check_options,
+    dataset_folders,
+    get_loader,
+    list_datasets,
+    register_dataset,
+)
 from holomodal.data.paths import cache_dir, resolve_data_root
-from holomodal.schema import Schema
-
-DATASETS = Registry("data set")
-list_datasets = DATASETS.list
-
-
-@dataclass
-class DatasetBundle:
-    name: str
-    frame: pd.DataFrame
-    schema: Schema
-    splits: dict[str, np.ndarray]
-
-    def split(self, name: str) -> pd.DataFrame:
-        return self.frame.iloc[self.splits[name]].reset_index(drop=True)
-
-
-def register_dataset(name: str, folder: str | None = None) -> Callable:
-    """Register ``fn(root: Path, **options) -> DatasetBundle``; ``folder`` is the sub-folder
-    of the data root it needs (default: the name)."""
-
-    def decorator(fn: Callable[..., DatasetBundle]) -> Callable[..., DatasetBundle]:
-        fn.data_folder = folder or name  # type: ignore[attr-defined]
-        return DATASETS.register(name)(fn)
-
-    return decorator
 
 
 def load_dataset(name: str, root: str | Path | None = None, **options: Any) -> DatasetBundle:
-    loader = DATASETS.get(name)
-    base = resolve_data_root(root, loader.data_folder)
-    bundle = loader(base, **options)
-    for split, rows in bundle.splits.items():
-        bundle.schema.validate(bundle.frame.iloc[rows], require_label=split != "unlabelled")
-    return bundle
+    """Load a registered data set; ``options`` are the loader's keyword options (e.g. ``seed``)."""
+    loader = get_loader(name)
+    check_options(name, loader, options)
+    base = resolve_data_root(root, dataset_folders(name))
+    return loader(base, **options)
 
 
+# imported for their registration side effect, after the names they import exist
 from holomodal.data import av_digits, coco_mini, covid_cxr, mnist5k, physionet2012  # noqa: E402,F401
 
-__all__ = ["DatasetBundle", "cache_dir", "list_datasets", "load_dataset", "register_dataset", "resolve_data_root"]
+__all__ = [
+    "DatasetBundle", "cache_dir", "list_datasets", "load_dataset", "register_dataset", "resolve_data_root",
+]

@@ -1,8 +1,9 @@
-"""Audio-visual digits: FSDD spoken digits paired by digit with MNIST images (AV-MNIST style).
+"""Audio-visual digits in the style of AV-MNIST: FSDD spoken digits paired with MNIST images.
 
-Within each digit the 500 images are shuffled with the seed and the digit's 300 clips take
-distinct images, so no image is used twice. FSDD's customary test split (takes 0-4) is the
-test split; takes 5-9 are validation.
+The two sources share nothing but the digit, so each clip is paired with an image of its
+digit: per digit the 500 images are shuffled with the seed and the digit's 300 clips take
+the first 300, so no image appears twice and the pairing is reproducible. FSDD's customary
+test split (takes 0-4) is the test split, takes 5-9 are validation, the rest train.
 """
 
 from __future__ import annotations
@@ -12,36 +13,50 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from holomodal.data import DatasetBundle, register_dataset
-from holomodal.data.mnist5k import DIGITS, image_column, read_mnist5k
+from holomodal.data._registry import DatasetBundle, make_bundle, object_cells, register_dataset
+from holomodal.data.mnist5k import digit_column, image_column, read_mnist5k
+from holomodal.errors import DataError
 from holomodal.schema import Column, Modality, Schema
 
+AUDIO_OPTIONS = {"sample_rate": 8000, "n_mels": 40, "duration": 1.0}
 
-@register_dataset("av_digits", folder="fsdd")
+
+def read_fsdd(root: Path) -> pd.DataFrame:
+    """One row per clip (path, digit, speaker, take), sorted by digit, speaker, take."""
+    folder = Path(root) / "fsdd" / "recordings"
+    rows = []
+    for clip in folder.glob("*.wav"):
+        parts = clip.stem.split("_")
+        if len(parts) != 3 or not parts[0].isdigit() or not parts[2].isdigit():
+            raise DataError(f"FSDD clip '{clip}' is not named <digit>_<speaker>_<take>.wav")
+        rows.append((str(clip), int(parts[0]), parts[1], int(parts[2])))
+    if not rows:
+        raise DataError(f"no FSDD clips (*.wav) in {folder}")
+    clips = pd.DataFrame(rows, columns=["audio", "digit", "speaker", "take"])
+    return clips.sort_values(["digit", "speaker", "take"], ignore_index=True)
+
+
+@register_dataset("av_digits", folders=("fsdd", "mnist5k"))
 def load_av_digits(root: Path, seed: int = 0) -> DatasetBundle:
-    clips = sorted((root / "fsdd" / "recordings").glob("*.wav"))
-    parts = [c.stem.split("_") for c in clips]
-    audio = pd.DataFrame({
-        "audio": [str(c) for c in clips],
-        "digit": [int(p[0]) for p in parts],
-        "speaker": [p[1] for p in parts],
-        "take": [int(p[2]) for p in parts],
-    })
+    root = Path(root).resolve()
+    clips = read_fsdd(root)
     images, labels = read_mnist5k(root)
     rng = np.random.default_rng(seed)
-    image_of_clip = np.empty(len(audio), dtype=np.int64)
+    image_of_clip = np.empty(len(clips), dtype=np.int64)
+    digits = clips["digit"].to_numpy()
     for digit in range(10):
-        clip_rows = np.flatnonzero(audio["digit"].to_numpy() == digit)
+        clip_rows = np.flatnonzero(digits == digit)
         pool = rng.permutation(np.flatnonzero(labels == digit))
+        if len(pool) < len(clip_rows):
+            raise DataError(f"digit {digit}: {len(clip_rows)} clips but only {len(pool)} MNIST images to pair them with")
         image_of_clip[clip_rows] = pool[: len(clip_rows)]
     frame = pd.DataFrame({
-        "image": [images[i] for i in image_of_clip],
-        "audio": audio["audio"],
-        "speaker": audio["speaker"],
-        "digit": audio["digit"],
-        "mnist_index": image_of_clip,
+        "image": object_cells(images[image_of_clip]),
+        "audio": clips["audio"],
+        "speaker": clips["speaker"],
+        "digit": digits.astype(np.int64),
     })
-    take = audio["take"].to_numpy()
+    take = clips["take"].to_numpy()
     splits = {
         "train": np.flatnonzero(take >= 10),
         "val": np.flatnonzero((take >= 5) & (take < 10)),
@@ -49,9 +64,8 @@ def load_av_digits(root: Path, seed: int = 0) -> DatasetBundle:
     }
     schema = Schema([
         image_column(),
-        Column("audio", Modality.AUDIO, {"sample_rate": 8000, "n_mels": 40, "duration": 1.0}),
+        Column("audio", Modality.AUDIO, dict(AUDIO_OPTIONS)),
         Column("speaker", Modality.GROUP),
-        Column("mnist_index", Modality.ID),
-        Column("digit", Modality.LABEL, {"task": "multiclass", "classes": DIGITS}),
+        digit_column(),
     ])
-    return DatasetBundle("av_digits", frame, schema, splits)
+    return make_bundle("av_digits", frame, schema, splits)

@@ -1,9 +1,23 @@
-"""COVID-19 image data collection (Cohen et al.): chest X-ray + clinical table + notes.
+"""COVID-19 image data collection (Cohen et al., 2020): chest X-ray, clinical table, notes.
 
-Natural missingness everywhere: 98 rows have no X-ray (CT rows, and 14 X-rays absent from
-the source), most clinical values are blank. Splits are grouped by ``patientid`` so that
-no patient is in two splits. Rows whose finding is still ``todo`` have no label; they form
-the ``unlabelled`` split (usable for self-supervised pre-training).
+Missingness here is natural: CT rows and 14 lost X-rays have no image file, most clinical
+cells are blank. Answers such as "?" or "Would have been stated" mean unknown and become NaN.
+
+Splits are grouped so that no patient is in two splits. Two source cases were entered
+twice under different patient ids that share image files, so rows sharing an image file
+are grouped with each other as well; otherwise one X-ray could sit in train and in test.
+
+Targets (option ``target``):
+  covid     binary, finding contains "COVID-19" (default)
+  finding   multiclass over the findings
+  survival  binary, survived / died; rows without a Y/N answer are dropped by default
+Rows whose finding is still "todo" have no known finding; for the covid and finding
+targets they stay in the table with no label and form the ``unlabelled`` split (for
+self-supervised pre-training), or are dropped with ``unlabelled="drop"``.
+
+Columns left out: location, doi, url, license, date and folder (provenance, which
+confounds the labels), extubated (a successful extubation all but states survival), and
+modality (CT vs X-ray, already told by the image being absent and by ``view``).
 """
 
 from __future__ import annotations
@@ -13,64 +27,124 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from holomodal.data import DatasetBundle, register_dataset
-from holomodal.errors import ConfigError
+from holomodal.data._registry import DatasetBundle, choice, make_bundle, register_dataset
+from holomodal.errors import DataError
 from holomodal.schema import Column, Modality, Schema
 
-CATEGORICAL = ("sex", "modality", "view", "intubated", "went_icu", "in_icu", "needed_supplemental_O2")
+CATEGORICAL = ("sex", "view", "intubated", "went_icu", "in_icu", "needed_supplemental_O2")
 CONTINUOUS = ("age", "offset", "temperature", "pO2_saturation", "leukocyte_count", "neutrophil_count", "lymphocyte_count")
-# answers in the source that mean "unknown", not a category
-UNKNOWN_MARKERS = ("?", "Not visible", "Would have been stated")
+UNKNOWN_ANSWERS = ("?", "Not visible", "Would have been stated", "")
+TARGETS = ("covid", "finding", "survival")
 
 
-def _group_splits(groups: np.ndarray, seed: int, fractions: tuple[float, float] = (0.7, 0.15)) -> dict[str, np.ndarray]:
-    patients = np.random.default_rng(seed).permutation(np.unique(groups))
-    n_train = int(round(len(patients) * fractions[0]))
-    n_val = int(round(len(patients) * fractions[1]))
-    part = {p: "train" for p in patients[:n_train]}
-    part.update({p: "val" for p in patients[n_train : n_train + n_val]})
-    part.update({p: "test" for p in patients[n_train + n_val :]})
-    labels = np.array([part[g] for g in groups])
-    return {name: np.flatnonzero(labels == name) for name in ("train", "val", "test")}
+def _answers(values: pd.Series) -> pd.Series:
+    text = values.str.strip()
+    return text.mask(text.isin(UNKNOWN_ANSWERS))
+
+
+def _connected_groups(patients: np.ndarray, images: np.ndarray) -> np.ndarray:
+    """A group number per row: rows linked by a shared patient id or image file share it."""
+    parent = list(range(len(patients)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for keys in (patients, images):
+        first: dict[object, int] = {}
+        for row, key in enumerate(keys):
+            if key is None or (isinstance(key, float) and np.isnan(key)):
+                continue
+            if key in first:
+                parent[root(row)] = root(first[key])
+            else:
+                first[key] = row
+    return np.array([root(i) for i in range(len(patients))], dtype=np.int64)
+
+
+def grouped_split(groups: np.ndarray, fractions: dict[str, float], seed: int) -> dict[str, np.ndarray]:
+    """Seeded split of whole groups whose row shares follow ``fractions``.
+
+    Groups are shuffled, then cut where the running row count crosses each cumulative
+    fraction, so a large patient does not tip the proportions as a count of groups would.
+    """
+    unique, sizes = np.unique(groups, return_counts=True)
+    order = np.random.default_rng(seed).permutation(len(unique))
+    running = np.cumsum(sizes[order]) / len(groups)
+    bounds = np.cumsum(list(fractions.values()))
+    part_of_group = np.searchsorted(bounds, running - 1e-9, side="left").clip(max=len(bounds) - 1)
+    part = np.empty(len(unique), dtype=np.int64)
+    part[order] = part_of_group
+    row_part = part[np.searchsorted(unique, groups)]
+    return {name: np.flatnonzero(row_part == i) for i, name in enumerate(fractions)}
 
 
 @register_dataset("covid_cxr")
-def load_covid_cxr(root: Path, seed: int = 0, target: str = "covid") -> DatasetBundle:
-    folder = root / "covid_cxr"
-    meta = pd.read_csv(folder / "metadata.csv")
-    images = meta["filename"].map(lambda f: folder / "images" / (Path(f).stem + ".jpg"))
-    frame = pd.DataFrame({"patientid": meta["patientid"].astype(str)})
-    frame["image"] = [str(p) if p.exists() else None for p in images]
-    for col in CATEGORICAL:
-        frame[col] = meta[col].where(~meta[col].isin(UNKNOWN_MARKERS))
-    for col in CONTINUOUS:
-        frame[col] = pd.to_numeric(meta[col], errors="coerce")
-    frame["clinical_notes"] = meta["clinical_notes"]
-    finding = meta["finding"].astype(str)
-    unlabelled = finding.eq("todo").to_numpy()
+def load_covid_cxr(
+    root: Path, seed: int = 0, target: str = "covid", unlabelled: str | None = None, image_size: int = 128
+) -> DatasetBundle:
+    choice("covid_cxr", "target", target, TARGETS)
+    if unlabelled is None:
+        unlabelled = "drop" if target == "survival" else "split"
+    choice("covid_cxr", "unlabelled", unlabelled, ("split", "drop"))
+    folder = Path(root).resolve() / "covid_cxr"
+    meta_path = folder / "metadata.csv"
+    if not meta_path.is_file():
+        raise DataError(f"covid_cxr metadata not found: {meta_path}")
+    meta = pd.read_csv(meta_path, dtype=str, keep_default_na=True)
+
+    files = meta["filename"].map(lambda f: folder / "images" / f"{Path(f).stem}.jpg" if isinstance(f, str) else None)
+    frame = pd.DataFrame({
+        "patientid": meta["patientid"].astype(str).str.strip(),
+        "image": [str(p) if p is not None and p.is_file() else None for p in files],
+    })
+    for name in CATEGORICAL:
+        frame[name] = _answers(meta[name])
+    for name in CONTINUOUS:
+        frame[name] = pd.to_numeric(_answers(meta[name]), errors="coerce").astype(np.float64)
+    notes = meta["clinical_notes"].str.strip()
+    frame["clinical_notes"] = notes.mask(notes == "")
+
+    finding = meta["finding"].fillna("").str.strip()
+    known = (finding != "") & (finding.str.lower() != "todo")
     if target == "covid":
-        label = finding.str.contains("COVID-19").astype(float)
         classes = ["other", "COVID-19"]
+        codes = finding.str.contains("COVID-19", regex=False).astype(np.int64)
         task = "binary"
     elif target == "finding":
-        classes = sorted(finding[~unlabelled].unique().tolist())
-        label = finding.map({c: float(i) for i, c in enumerate(classes)})
+        classes = sorted(finding[known].unique().tolist())
+        codes = finding.map({c: i for i, c in enumerate(classes)})
         task = "multiclass"
-    elif target == "survival":
-        survival = meta["survival"].where(meta["survival"].isin(["Y", "N"]))
-        label = survival.map({"N": 0.0, "Y": 1.0})
-        unlabelled = unlabelled | label.isna().to_numpy()
-        classes, task = ["died", "survived"], "binary"
     else:
-        raise ConfigError(f"covid_cxr target must be 'covid', 'finding' or 'survival', not '{target}'")
-    frame["label"] = label.where(~unlabelled)
-    splits = {k: np.setdiff1d(v, np.flatnonzero(unlabelled)) for k, v in _group_splits(frame["patientid"].to_numpy(), seed).items()}
-    splits["unlabelled"] = np.flatnonzero(unlabelled)
+        answer = _answers(meta["survival"])
+        known = answer.isin(["Y", "N"])
+        classes = ["survived", "died"]
+        codes = answer.map({"Y": 0, "N": 1})
+        task = "binary"
+    # nullable integers: class codes stay ints while unlabelled rows hold NA
+    frame["label"] = codes.where(known).astype("Int64")
+
+    if unlabelled == "drop":
+        frame = frame[known.to_numpy()].reset_index(drop=True)
+        known = pd.Series(True, index=frame.index)
+    if not frame["label"].isna().any():
+        frame["label"] = frame["label"].astype(np.int64)
+
+    groups = _connected_groups(frame["patientid"].to_numpy(), frame["image"].to_numpy())
+    parts = grouped_split(groups, {"train": 0.7, "val": 0.15, "test": 0.15}, seed)
+    labelled_rows = np.flatnonzero(known.to_numpy())
+    splits = {name: np.intersect1d(rows, labelled_rows) for name, rows in parts.items()}
+    if unlabelled == "split":
+        splits["unlabelled"] = np.flatnonzero(~known.to_numpy())
+
     schema = Schema(
-        [Column("patientid", Modality.GROUP), Column("image", Modality.IMAGE, {"channels": 1, "size": 128})]
-        + [Column(c, Modality.CATEGORICAL) for c in CATEGORICAL]
-        + [Column(c, Modality.CONTINUOUS) for c in CONTINUOUS]
+        [Column("patientid", Modality.GROUP),
+         Column("image", Modality.IMAGE, {"channels": 1, "size": int(image_size)})]
+        + [Column(name, Modality.CATEGORICAL) for name in CATEGORICAL]
+        + [Column(name, Modality.CONTINUOUS) for name in CONTINUOUS]
         + [Column("clinical_notes", Modality.TEXT, {"max_length": 96, "vocab_size": 2000}),
            Column("label", Modality.LABEL, {"task": task, "classes": classes})]
     )
-    return DatasetBundle("covid_cxr", frame, schema, splits)
+    return make_bundle("covid_cxr", frame, schema, splits)
