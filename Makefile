@@ -17,10 +17,13 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/holomodal train --config src/holomodal/configs/experiments/av_digits_late_fusion.yaml run.dir=runs/demo run.overwrite=true
+	$(VENV)/bin/holomodal train -c av_digits_late_fusion
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not gpu" tests
+
+bench: $(STAMP)
+	$(PY) benchmarks/late_fusion.py
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m "slow" tests

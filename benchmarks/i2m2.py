@@ -34,10 +34,10 @@ TASKS = {
 ETAS = (0.0, 0.3, 0.6)
 
 
-def variant_config(task: str, variant: str, seed: int, run_root: Path) -> dict:
+def variant_config(task: str, variant: str, seed: int, run_root: Path, overrides: list[str]) -> dict:
     """The task's I2M2 config turned into one compared model."""
     spec = TASKS[task]
-    cfg = to_container(load_config([spec["config"]]))
+    cfg = to_container(load_config([spec["config"]], overrides))
     model = cfg["model"]
     if variant != "i2m2":
         # late-fusion models (inter-only, unimodal) use the inter expert's encoders
@@ -60,9 +60,9 @@ def eta_missing(eta: float, seed: int) -> list[dict] | None:
     return [{"kind": "modality", "rate": eta, "drop": "all", "seed": 100 + seed}] if eta else None
 
 
-def run_one(task: str, variant: str, seed: int, run_root: Path) -> tuple[dict, dict]:
+def run_one(task: str, variant: str, seed: int, run_root: Path, overrides: list[str]) -> tuple[dict, dict]:
     """Metrics per eta, and the test probabilities per eta (for the intra-only product)."""
-    cfg = variant_config(task, variant, seed, run_root)
+    cfg = variant_config(task, variant, seed, run_root, overrides)
     splits = load_splits(cfg["data"])
     clf = classifier_from_config(cfg, splits.schema, splits.name)
     start = time.perf_counter()
@@ -116,7 +116,11 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--tasks", default="av_digits,physionet2012")
     parser.add_argument("--out", default="benchmarks/results/i2m2")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("overrides", nargs="*", help="config overrides for every model, e.g. trainer.max_epochs=10")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
     run_root = Path("runs/bench-i2m2") / time.strftime("%Y%m%d-%H%M%S")
     results: dict = {}
@@ -125,7 +129,7 @@ def main() -> None:
         for seed in seeds:
             unimodal = []
             for variant in variants(task):
-                res, probs = run_one(task, variant, seed, run_root)
+                res, probs = run_one(task, variant, seed, run_root, args.overrides)
                 if variant not in ("i2m2", "inter_only"):
                     unimodal.append((res, probs))
                 results.setdefault(task, {}).setdefault(variant, {})[seed] = res
@@ -134,7 +138,7 @@ def main() -> None:
                 per_seed[seed] = {k: v for k, v in per_seed[seed].items() if not k.startswith("_")}
                 print(f"{task} {variant} seed {seed}: {json.dumps(per_seed[seed])}", flush=True)
     seconds = time.perf_counter() - total
-    table = summarise(results, seeds) + f"\n\nTotal run time: {seconds:.0f} s on CPU.\n"
+    table = summarise(results, seeds) + f"\n\nOverrides: {args.overrides}. Total run time: {seconds:.0f} s on CPU.\n"
     print(table)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
