@@ -117,10 +117,14 @@ def test_cli_writes_new_csv_json_png_each_time(covid, tmp_path, capsys):
     run = _train_run(covid, tmp_path, "run")
     args = ["evaluate", str(run), "--missing", "rvm,rfm,mifm,lifm,modality", "--rates", "0,0.1,0.3,0.5,0.7,0.9", "--n-boot", "5"]
     assert main(args) == 0
-    assert main(args) == 0  # same second: a new name, never an overwrite
+    first = {p: p.read_bytes() for p in run.glob("evaluation-*")}
+    assert sorted(p.suffix for p in first) == [".csv", ".json", ".png"]
+    # again within the same second: new names, the first files untouched
+    assert main(["evaluate", str(run), "--missing", "rvm", "--rates", "0", "--n-boot", "5"]) == 0
     out = capsys.readouterr().out
-    csvs = sorted(run.glob("evaluation-*.csv"))
-    assert len(csvs) == 2 and len(list(run.glob("evaluation-*.json"))) == 2 and len(list(run.glob("evaluation-*.png"))) == 2
+    assert len(list(run.glob("evaluation-*"))) == 6
+    assert all(p.read_bytes() == data for p, data in first.items())
+    csvs = [p for p in first if p.suffix == ".csv"]
     table = pd.read_csv(csvs[0])
     assert list(table.columns) == COLUMNS
     assert sorted(table["rate"].unique()) == [0, 0.1, 0.3, 0.5, 0.7, 0.9]

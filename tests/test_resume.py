@@ -134,3 +134,19 @@ def test_mlflow_logger_missing_package_is_named(covid, tmp_path):
     assert not (tmp_path / "run").exists()  # failed before the run folder was made
     with pytest.raises(ConfigError, match="unknown logger 'wandb'"):
         Classifier(covid.schema, loggers=["wandb"], run_dir=tmp_path / "run").fit(covid.split("train").iloc[:16])
+
+
+def test_mlflow_logger_logs_beside_csv_and_tensorboard(covid, tmp_path):
+    mlflow = pytest.importorskip("mlflow", reason="mlflow is optional and not installed here")
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        pytest.importorskip("sqlalchemy", reason="mlflow-skinny alone cannot log to a local database")
+    schema = small_schema(covid.schema, drop=("text",))
+    run = tmp_path / "run"
+    clf = Classifier(schema, model={"encoders": ENCODERS}, loggers=["csv", "tensorboard", "mlflow"], run_dir=run,
+                     trainer={"max_epochs": 1, "enable_progress_bar": False}, batch_size=16)
+    clf.fit(covid.split("train")[schema.column_names].iloc[:32], covid.split("val")[schema.column_names].iloc[:16])
+    assert (run / "metrics.csv").exists() and any((run / "tensorboard").iterdir())
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        mlflow.set_tracking_uri(f"sqlite:///{run / 'mlflow.db'}")
+        logged = mlflow.search_runs(search_all_experiments=True)
+        assert "metrics.val/loss" in logged.columns and logged["tags.mlflow.runName"].tolist() == ["run"]

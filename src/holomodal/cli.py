@@ -106,8 +106,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if not args.onnx:
         raise HolomodalError("choose an export format: --onnx")
-    path, diff = export_run(args.run, args.out, data=args.data, split=args.split, rows=args.rows)
-    print(f"ONNX model written to {path}; onnxruntime vs PyTorch on {args.rows} rows: max abs diff {diff:.2e}")
+    path, diff, rows = export_run(args.run, args.out, data=args.data, split=args.split, rows=args.rows)
+    print(f"ONNX model written to {path}; onnxruntime vs PyTorch on {rows} rows: max abs diff {diff:.2e}")
     return 0
 
 

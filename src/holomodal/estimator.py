@@ -33,7 +33,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from holomodal.batch import Batch
 from holomodal.errors import ConfigError, DataError, RunFolderError
 from holomodal.loading import make_loader
-from holomodal.methods import ClassificationMethod, ModelContext, create_method
+from holomodal.methods import METHODS, ClassificationMethod, ModelContext, create_method
 from holomodal.methods.base import compute_metrics
 from holomodal.missingness import MissingnessPlan
 from holomodal.preprocessing import Preprocessor
@@ -118,6 +118,12 @@ def _check_loggers(names: Sequence[str]) -> None:
             raise ConfigError(
                 "run.loggers includes 'mlflow' but the Python package 'mlflow' is not installed: "
                 "`pip install mlflow`, or remove mlflow from run.loggers"
+            )
+        if name == "mlflow" and not os.environ.get("MLFLOW_TRACKING_URI") and importlib.util.find_spec("sqlalchemy") is None:
+            raise ConfigError(
+                "run.loggers includes 'mlflow' without MLFLOW_TRACKING_URI, so it logs to a database in the run "
+                "folder, which needs the package 'sqlalchemy' (`pip install mlflow`, not mlflow-skinny), "
+                "or set MLFLOW_TRACKING_URI to a tracking server"
             )
 
 
@@ -237,6 +243,10 @@ class Classifier:
             self.preprocessor_ = Preprocessor.from_state(json.loads(saved.read_text()))
         else:
             self.preprocessor_ = Preprocessor(self.schema).fit(train)
+        # a method starting from pre-trained weights must see the data encoded as in pre-training
+        adopt = getattr(METHODS.get(self.method), "adopt_pretraining", None)
+        if adopt is not None:
+            self.model = adopt(self.preprocessor_, self.model)
         self.plan_ = MissingnessPlan.from_config(self.missing)
         if self.plan_.needs_ranking:
             labels = self.preprocessor_.encode_labels(train[self.schema.label.name]).numpy()
@@ -300,7 +310,13 @@ class Classifier:
             elif name == "tensorboard":
                 loggers.append(TensorBoardLogger(self.run_dir_, name="tensorboard", version=""))
             elif name == "mlflow":
-                loggers.append(MLFlowLogger(experiment_name=self.data_name or "holomodal", save_dir=str(self.run_dir_ / "mlruns")))
+                # MLFLOW_TRACKING_URI (a server) wins; else a database in the run folder, as
+                # mlflow 3 refuses its old ./mlruns file store
+                uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(self.run_dir_ / 'mlflow.db').resolve()}"
+                loggers.append(MLFlowLogger(
+                    experiment_name=self.data_name or "holomodal", run_name=self.run_dir_.name, tracking_uri=uri,
+                    artifact_location=(self.run_dir_ / "mlartifacts").resolve().as_uri(),
+                ))
         callbacks = [
             EpochSeed(self.seed),
             ModelCheckpoint(

@@ -117,8 +117,8 @@ def robustness_sweep(
     """Metrics of ``clf`` on the labelled ``frame`` under each missingness kind and rate.
 
     Returns a tidy table (``kind, rate, metric, value, ci_low, ci_high``). The synthetic
-    masks add to the data's natural missingness and use the seeds the training plan would
-    use for ``split``. ``mifm``/``lifm`` use the model's ranking, or one fitted on ``train``
+    masks add to the data's natural missingness (the model's own training-time specs are not
+    applied) and use the seeds the training plan would use for ``split``. ``mifm``/``lifm`` use the model's ranking, or one fitted on ``train``
     when the model has none. Tabular kinds on data without tabular columns are skipped;
     ``result.attrs["skipped"]`` says why, and the other attrs describe the sweep.
     """
@@ -169,7 +169,7 @@ def robustness_sweep(
                 probs = torch.from_numpy(clf._probabilities(batch))
                 point = _scores(metrics, task, probs, target)
                 with warnings.catch_warnings():
-                    # a resample can leave a label column constant; its NaN/0 is filtered below
+                    # torchmetrics warns when a multi-label resample lacks a label; NaN is dropped below
                     warnings.simplefilter("ignore")
                     boot = [_scores(metrics, task, probs[idx], target[idx]) for idx in torch.from_numpy(resamples)]
                 cache[key] = [point, *boot]

@@ -117,7 +117,7 @@ def export_onnx(clf: Classifier, path: str | Path, example: Batch, *, opset: int
     axes = {n: {0: "batch"} for n in [*names, OUTPUT]}
     tmp = path.with_name(f".{path.name}.tmp")
     with torch.no_grad():
-        # the TorchScript exporter: the dynamo one cannot yet trace the Batch dataclass
+        # the TorchScript exporter: the dynamo one needs onnxscript, which holomodal does not install
         torch.onnx.export(graph, tuple(named.values()), str(tmp), input_names=names, output_names=[OUTPUT],
                           dynamic_axes=axes, opset_version=opset, dynamo=False)
     _annotate(tmp, clf, named)
@@ -162,9 +162,10 @@ def check_onnx(clf: Classifier, path: str | Path, batch: Batch) -> float:
 
 
 def export_run(run: str | Path, out: str | Path | None = None, *, data: str | Path | None = None,
-               split: str = "val", rows: int = 16) -> tuple[Path, float]:
+               split: str = "val", rows: int = 16) -> tuple[Path, float, int]:
     """``holomodal export RUN --onnx``: trace on the first ``rows`` rows of the run's
-    ``split`` (or of ``data``), check against PyTorch with onnxruntime."""
+    ``split`` (or of ``data``), check against PyTorch with onnxruntime. Returns the file, the
+    largest absolute difference of the probabilities and the number of rows checked."""
     from holomodal.evaluation import load_run, new_stem, run_config
     from holomodal.experiment import load_splits
     from holomodal.prediction import read_frame
@@ -188,4 +189,4 @@ def export_run(run: str | Path, out: str | Path | None = None, *, data: str | Pa
             stem = new_stem(run, "model", [".onnx"])
             out = stem.with_name(stem.name + ".onnx")
     path = export_onnx(clf, out, batch)
-    return path, check_onnx(clf, path, batch)
+    return path, check_onnx(clf, path, batch), len(batch)

@@ -56,7 +56,12 @@ class RunRecord:
 
     @property
     def label(self) -> str:
-        return f"{self.method} · {self.name}"
+        return self.name if self.name == self.method else f"{self.method} · {self.name}"
+
+    @property
+    def data(self) -> str | None:
+        data = self.config.get("data") or {}
+        return data.get("name") or (Path(data["train"]).name if data.get("train") else None)
 
     @classmethod
     def read(cls, path: str | Path) -> "RunRecord":
@@ -91,7 +96,7 @@ def results_table(records: Sequence[RunRecord]) -> pd.DataFrame:
     rows = []
     for r in records:
         row: dict[str, Any] = {
-            "run": r.name, "method": r.method, "data": (r.config.get("data") or {}).get("name"),
+            "run": r.name, "method": r.method, "data": r.data,
             "seed": r.config.get("seed"), "max_epochs": (r.config.get("trainer") or {}).get("max_epochs"),
             "fit_seconds": r.metrics.get("fit_seconds"),
         }
@@ -172,6 +177,8 @@ def robustness_figures(records: Sequence[RunRecord]) -> dict[str, bytes]:
 def training_figure(records: Sequence[RunRecord]) -> bytes | None:
     """Per-epoch losses and validation metrics from each run's CSV log, runs overlaid."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     logs = []
     for r in records:
         if r.log is not None and "epoch" in r.log and len(r.log):
@@ -192,6 +199,7 @@ def training_figure(records: Sequence[RunRecord]) -> bytes | None:
                 ax.plot(values.index, values, marker="o", label=record.label)
         ax.set_title(column)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(columns):]:
         ax.set_visible(False)
@@ -211,10 +219,14 @@ def _cell(value: Any) -> str:
     return html.escape(str(value))
 
 
-def _results_html(table: pd.DataFrame) -> str:
+def _results_html(table: pd.DataFrame, split: str, table_id: str) -> str:
+    """Run facts and the ``split`` metrics of every run, one row per run."""
+    keep = [c for c in table.columns if "/" not in c or c.startswith(f"{split}/")]
+    table = table[keep].rename(columns=lambda c: c.split("/", 1)[-1])
+    facts = {"run", "method", "data", "seed", "max_epochs", "fit_seconds"}
     best = {}
     for column in table.columns:
-        if "/" in column and not column.endswith("loss") and pd.api.types.is_numeric_dtype(table[column]) \
+        if column not in facts and not column.endswith("loss") and pd.api.types.is_numeric_dtype(table[column]) \
                 and table[column].notna().any() and len(table) > 1:
             best[column] = table[column].max()
     head = "".join(f'<th class="key">{html.escape(c)}</th>' if c in ("run", "method", "data") else f"<th>{html.escape(c)}</th>"
@@ -226,7 +238,7 @@ def _results_html(table: pd.DataFrame) -> str:
             cls = "key" if column in ("run", "method", "data") else ("best" if column in best and row[column] == best[column] else "")
             cells.append(f'<td class="{cls}">{_cell(row[column])}</td>')
         body.append(f'<tr data-run="{html.escape(str(row["run"]))}">{"".join(cells)}</tr>')
-    return f'<table id="results"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
 def _config_html(table: pd.DataFrame) -> str:
@@ -256,7 +268,8 @@ def build_report(runs: Sequence[str | Path], out: str | Path, title: str = "holo
     sections = [
         "<h2>Results</h2>",
         '<p class="note">From each run\'s metrics.json; the best value of each metric is in bold.</p>',
-        _results_html(results),
+        "<h3>Test</h3>", _results_html(results, "test", "results"),
+        "<h3>Validation</h3>", _results_html(results, "val", "results-val"),
     ]
 
     sections.append("<h2>Robustness to missing data</h2>")

@@ -62,3 +62,17 @@ def test_audio_log_mel_shape_and_standardisation(av_digits):
     assert spec.shape == (40, 1, proc.n_mels, proc.frames)
     assert abs(float(spec.mean())) < 0.1 and abs(float(spec.std()) - 1) < 0.1
     assert batch.inputs["image"]["pixels"].dtype == torch.uint8
+
+
+def test_wordpiece_vocabulary_is_identical_across_processes(covid):
+    """The tokenizers trainer numbers its vocabulary in a per-process order; ours is canonical."""
+    import subprocess
+    import sys
+
+    code = (
+        "from holomodal.data import load_dataset; from holomodal.preprocessing.text import TextProcessor; "
+        "b = load_dataset('covid_cxr'); p = TextProcessor(b.schema['clinical_notes']).fit(b.split('train')); "
+        "print(p.tokenizer_json_)"
+    )
+    outputs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout for _ in range(2)}
+    assert len(outputs) == 1

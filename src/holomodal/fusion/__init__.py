@@ -16,3 +16,4 @@ def create_fusion(name: str, input_dims: dict[str, int], **kwargs: Any):
 
 
 from holomodal.fusion import concat  # noqa: E402,F401  (registers)
+from holomodal.fusion import cross_attention  # noqa: E402,F401  (registers)

@@ -46,6 +46,12 @@ class TextProcessor:
                 vocab_size=self.vocab_size, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
             )
             tok.train_from_iterator([t for t, ok in zip(texts, present) if ok], trainer=trainer)
+            # the trainer finds the same vocabulary in every process but numbers it in a
+            # hash-dependent order (huggingface/tokenizers#1794): renumber it canonically so
+            # the same data and seed always give the same token ids
+            specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+            ordered = specials + sorted(t for t in tok.get_vocab() if t not in specials)
+            tok.model = models.WordPiece(vocab={t: i for i, t in enumerate(ordered)}, unk_token="[UNK]")
             self.tokenizer_json_ = tok.to_str()
             self._tokenizer = tok
         return self

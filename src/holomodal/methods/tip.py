@@ -1,0 +1,469 @@
+"""TIP (ECCV 2024): tabular-image pre-training, then fine-tuning on incomplete tables.
+
+Three modules (spec ``tip_stil.md`` section 1.3) form :class:`TIPBackbone`: an image
+encoder from timm whose last feature map gives the image tokens, TIP's tabular
+transformer (missing cells -> learned ``[MASK]`` token + key masking), and the
+interaction module (``cross_attention`` fusion: table tokens cross-attend to image
+tokens). The fused CLS token is the multimodal feature.
+
+:class:`TIPPretraining` trains the backbone without labels on the mean of the losses in
+``losses`` (``itc``, ``itm``, ``mtr``; see :mod:`holomodal.losses`): ITC and ITM see a
+per-sample augmented image and a SCARF-corrupted table, MTR the same image tokens and
+the original table with half of its cells masked. ``losses: [itc]`` is MMCL-style
+contrastive-only pre-training, ``[itc, itm]`` TIP without reconstruction.
+
+:class:`TIP` (method ``tip``) is the classifier: one linear layer on the fused CLS,
+either with the pre-trained backbone frozen (``finetune: linear``, linear probing) or
+trained end to end (``finetune: full``). Missing cells, natural or synthetic, reach the
+tabular encoder through ``Batch.cell_missing`` and take the same ``[MASK]`` path as
+reconstruction did in pre-training.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from holomodal.augment import ImageAugmentation, build_image_augmentation, marginal_corruption
+from holomodal.batch import Batch
+from holomodal.errors import ConfigError, DataError
+from holomodal.fusion.cross_attention import CrossAttentionFusion
+from holomodal.losses import ImageTabularContrastiveLoss, ImageTabularMatching, MaskedTabularReconstructionLoss
+from holomodal.losses.itm import sample_hard_negatives
+from holomodal.methods import register_method
+from holomodal.methods.base import ClassificationMethod, ModelContext
+
+TABULAR = "tabular"
+TIP_LOSSES = ("itc", "itm", "mtr")
+CHECKPOINT_KEY = "holomodal_tip"  # the record a pre-training checkpoint carries besides its weights
+FORMAT_VERSION = 1
+
+DEFAULT_IMAGE_ENCODER = {"name": "timm", "model_name": "resnet50", "pretrained": False, "normalize": False}
+DEFAULT_TABULAR_ENCODER = {"name": "tabular_transformer", "dim": 512, "depth": 4, "heads": 8}
+DEFAULT_INTERACTION = {"dim": 512, "depth": 4, "heads": 8, "mlp_ratio": 4.0}
+
+
+# ---- the backbone --------------------------------------------------------------------------
+def find_image_modality(modality_types: dict[str, str], requested: str | None = None) -> str:
+    images = [m for m, kind in modality_types.items() if kind == "image"]
+    if requested:
+        if requested not in images:
+            raise ConfigError(f"tip: image_modality '{requested}' is not an image modality of the data (images: {images})")
+        return requested
+    if len(images) != 1:
+        raise ConfigError(f"tip needs one image modality, the data has {images or 'none'}: set model.image_modality")
+    return images[0]
+
+
+def resolve_backbone_config(
+    input_specs: dict[str, dict[str, Any]], modality_types: dict[str, str], image_modality: str | None = None,
+    encoders: dict[str, Any] | None = None, interaction: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Everything needed to rebuild a :class:`TIPBackbone`, as plain data (stored in
+    pre-training checkpoints and in fine-tuned models)."""
+    if TABULAR not in input_specs:
+        raise ConfigError("tip needs tabular columns; the data has none")
+    image = find_image_modality(modality_types, image_modality)
+    encoders = dict(encoders or {})
+    image_cfg = dict(encoders.get(image) or encoders.get("image") or {})
+    tabular_cfg = dict(encoders.get(TABULAR) or {})
+    # defaults complete a partial config only for the encoder they belong to
+    if image_cfg.get("name", DEFAULT_IMAGE_ENCODER["name"]) == DEFAULT_IMAGE_ENCODER["name"]:
+        image_cfg = {**DEFAULT_IMAGE_ENCODER, **image_cfg}
+    if tabular_cfg.get("name", DEFAULT_TABULAR_ENCODER["name"]) != DEFAULT_TABULAR_ENCODER["name"]:
+        raise ConfigError("tip's tabular encoder must be 'tabular_transformer' (it needs the [MASK] token and tokens)")
+    tabular_cfg = {**DEFAULT_TABULAR_ENCODER, **tabular_cfg}
+    return {
+        "image_modality": image,
+        "input_specs": {image: copy.deepcopy(input_specs[image]), TABULAR: copy.deepcopy(input_specs[TABULAR])},
+        "encoders": {"image": image_cfg, "tabular": tabular_cfg},
+        "interaction": {**DEFAULT_INTERACTION, **(interaction or {})},
+    }
+
+
+class TIPBackbone(nn.Module):
+    """Image encoder, tabular encoder and interaction module, built from
+    :func:`resolve_backbone_config`'s output."""
+
+    def __init__(self, image_modality: str, input_specs: dict[str, dict[str, Any]], encoders: dict[str, Any], interaction: dict[str, Any]) -> None:
+        super().__init__()
+        from holomodal.encoders import create_encoder
+
+        self.image_modality = image_modality
+        image_cfg, tabular_cfg = dict(encoders["image"]), dict(encoders["tabular"])
+        self.image_encoder = create_encoder(image_cfg.pop("name"), input_specs[image_modality], **image_cfg)
+        if not hasattr(self.image_encoder, "forward_tokens"):
+            raise ConfigError(f"tip: image encoder '{encoders['image']['name']}' has no forward_tokens (use timm)")
+        self.tabular_encoder = create_encoder(tabular_cfg.pop("name"), input_specs[TABULAR], **tabular_cfg)
+        dims = {TABULAR: self.tabular_encoder.output_dim, image_modality: self.image_encoder.output_dim}
+        self.interaction = CrossAttentionFusion(dims, query=TABULAR, **interaction)
+
+    @property
+    def image_dim(self) -> int:
+        return int(self.image_encoder.output_dim)
+
+    @property
+    def tabular_dim(self) -> int:
+        return int(self.tabular_encoder.output_dim)
+
+    @property
+    def fused_dim(self) -> int:
+        return int(self.interaction.output_dim)
+
+    def image_tokens(self, batch: Batch, pixels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        m = self.image_modality
+        inputs = batch.inputs[m] if pixels is None else {**batch.inputs[m], "pixels": pixels}
+        return self.image_encoder.forward_tokens(inputs, batch.present[m])
+
+    def tabular_tokens(
+        self, batch: Batch, inputs: dict[str, Tensor] | None = None, token_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        return self.tabular_encoder.forward_tokens(
+            batch.inputs[TABULAR] if inputs is None else inputs, batch.present[TABULAR], batch.cell_missing, token_mask
+        )
+
+    def fuse(self, table_tokens: Tensor, image_tokens: Tensor, image_present: Tensor) -> Tensor:
+        """Fused tokens (B, N+1, dim); CLS first."""
+        return self.interaction.forward_tokens(
+            {TABULAR: table_tokens, self.image_modality: image_tokens}, {self.image_modality: image_present}
+        )
+
+
+# ---- pre-training checkpoints --------------------------------------------------------------
+def checkpoint_file(path: str | Path) -> Path:
+    """A pre-training run folder (its last checkpoint, as TIP uses the last epoch) or a file."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "checkpoints" / "last.ckpt"
+    if not p.is_file():
+        raise DataError(f"no TIP pre-training checkpoint at '{p}' (give a pre-training run folder or its .ckpt file)")
+    return p
+
+
+def read_pretrained(path: str | Path, *, weights: bool = False) -> dict[str, Any]:
+    """The record of a pre-training checkpoint (``backbone``, ``preprocessor``, ``losses``)
+    and, with ``weights``, its ``state_dict``."""
+    p = checkpoint_file(path)
+    ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    if CHECKPOINT_KEY not in ckpt:
+        raise DataError(f"'{p}' is not a holomodal TIP pre-training checkpoint")
+    record = json.loads(ckpt[CHECKPOINT_KEY])
+    if weights:
+        record["state_dict"] = ckpt["state_dict"]
+    return record
+
+
+def backbone_state(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
+
+
+def _optimizer(params: Any, cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    name = cfg.pop("name", "adam").lower()
+    if name == "adam":
+        return torch.optim.Adam(params, **cfg)
+    if name == "adamw":
+        return torch.optim.AdamW(params, **cfg)
+    raise ConfigError(f"tip pre-training optimiser must be adam or adamw, not '{name}'")
+
+
+def warmup_cosine(epoch: int, warmup: int, total: int) -> float:
+    """LR factor: linear warm-up over ``warmup`` epochs, then cosine to 0 at ``total``.
+
+    TIP's scheduler trains epoch 0 at LR 0; here epoch e of the warm-up uses (e+1)/warmup,
+    so no epoch is spent on a no-op."""
+    if epoch < warmup:
+        return (epoch + 1) / warmup
+    span = max(total - warmup, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(epoch - warmup, span) / span))
+
+
+# ---- pre-training --------------------------------------------------------------------------
+class TIPPretraining(L.LightningModule):
+    """Self-supervised pre-training of a :class:`TIPBackbone` on image-table pairs.
+
+    Args:
+        input_specs, modality_types: from the fitted preprocessor.
+        model: the ``tip`` model options; read here: ``image_modality``, ``encoders``,
+            ``interaction``, ``losses`` (subset of itc, itm, mtr), ``itc``
+            (projection_dim, temperature, lam), ``mtr`` (mask_rate), ``corruption_rate``
+            (SCARF, 0.3), ``augment`` (image augmentation preset / options, rate 0.95).
+        optim: ``name`` (adam/adamw), ``lr``, ``weight_decay``, ``scheduler``
+            (``warmup_cosine`` or none), ``warmup_epochs``.
+        preprocessor: the fitted preprocessor's state, stored in the checkpoint so that
+            fine-tuning encodes data as pre-training did.
+    """
+
+    def __init__(
+        self, input_specs: dict[str, dict[str, Any]], modality_types: dict[str, str], model: dict[str, Any] | None = None,
+        optim: dict[str, Any] | None = None, preprocessor: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        cfg = dict(model or {})
+        self.losses = list(cfg.get("losses") or TIP_LOSSES)
+        unknown = sorted(set(self.losses) - set(TIP_LOSSES))
+        if unknown or not self.losses:
+            raise ConfigError(f"tip losses must be a non-empty subset of {list(TIP_LOSSES)}, got {self.losses}")
+        if "itm" in self.losses and "itc" not in self.losses:
+            raise ConfigError("tip: 'itm' draws its hard negatives from the contrastive similarity, so it needs 'itc' too")
+        self.backbone_config = resolve_backbone_config(
+            input_specs, modality_types, cfg.get("image_modality"), cfg.get("encoders"), cfg.get("interaction")
+        )
+        self.backbone = TIPBackbone(**copy.deepcopy(self.backbone_config))
+        b = self.backbone
+        self.itc = ImageTabularContrastiveLoss(b.image_dim, b.tabular_dim, **(cfg.get("itc") or {})) if "itc" in self.losses else None
+        self.itm = ImageTabularMatching(b.fused_dim) if "itm" in self.losses else None
+        tab_spec = input_specs[TABULAR]
+        self.mtr = (
+            MaskedTabularReconstructionLoss(b.fused_dim, tab_spec["cardinalities"], tab_spec["n_continuous"], **(cfg.get("mtr") or {}))
+            if "mtr" in self.losses else None
+        )
+        augment = cfg.get("augment", {"preset": "natural", "rate": 0.95})
+        self.augment: ImageAugmentation | None = build_image_augmentation(augment)
+        self.corruption_rate = float(cfg.get("corruption_rate", 0.3))
+        self.optim_cfg = {"name": "adam", "lr": 3e-4, "weight_decay": 1.5e-6, **(optim or {})}
+        self.record = {
+            "format_version": FORMAT_VERSION, "backbone": self.backbone_config, "losses": self.losses,
+            "model": cfg, "optim": self.optim_cfg, "preprocessor": preprocessor,
+        }
+
+    # ---- the step ------------------------------------------------------------------------
+    def ssl_losses(self, batch: Batch, *, augment: bool) -> dict[str, Tensor]:
+        """Each active loss, their mean (``loss``) and the matching accuracy (``itm_acc``)."""
+        m = self.backbone.image_modality
+        n = len(batch)
+        pixels = batch.inputs[m]["pixels"]
+        if augment and self.augment is not None:
+            pixels = self.augment(pixels)
+        image_tokens, image_pooled = self.backbone.image_tokens(batch, pixels)
+        image_present = batch.present[m]
+        table = batch.inputs[TABULAR]
+        out: dict[str, Tensor] = {}
+        queries, memories, flags = [], [], []
+        if self.itc is not None:
+            view = table
+            if augment and self.corruption_rate > 0:
+                view, _ = marginal_corruption(table, batch.cell_missing, self.corruption_rate)
+            table_tokens, table_cls = self.backbone.tabular_tokens(batch, view)
+            out["itc"], similarity = self.itc(image_pooled, table_cls)
+            if self.itm is not None:
+                tables_for_images, images_for_tables = sample_hard_negatives(similarity)
+                # matched pairs, then (image a, its negative table), then (its negative image, table b)
+                queries += [table_tokens, table_tokens[tables_for_images], table_tokens]
+                memories += [image_tokens, image_tokens, image_tokens[images_for_tables]]
+                flags += [image_present, image_present, image_present[images_for_tables]]
+        if self.mtr is not None:
+            token_mask = self.mtr.sample_mask(n, device=image_tokens.device)
+            masked_tokens, _ = self.backbone.tabular_tokens(batch, table, token_mask)
+            queries.append(masked_tokens)
+            memories.append(image_tokens)
+            flags.append(image_present)
+        if queries:
+            # one pass of the interaction module over every pair the losses need
+            fused = self.backbone.fuse(torch.cat(queries), torch.cat(memories), torch.cat(flags))
+            if self.itm is not None:
+                out["itm"], out["itm_acc"] = self.itm(fused[:n, 0], fused[n : 3 * n, 0])
+            if self.mtr is not None:
+                observed = None if batch.cell_missing is None else ~batch.cell_missing
+                out["mtr"] = self.mtr(fused[-n:], table["categorical"], table["continuous"], token_mask, observed)
+        out["loss"] = torch.stack([out[k] for k in self.losses]).mean()
+        return out
+
+    def _log(self, values: dict[str, Tensor], prefix: str, n: int) -> None:
+        for name, value in values.items():
+            self.log(f"{prefix}/{name}", value, on_step=False, on_epoch=True, prog_bar=name == "loss", batch_size=n)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        values = self.ssl_losses(batch, augment=True)
+        self._log(values, "train", len(batch))
+        return values["loss"]
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        if len(batch) < 2 and self.itm is not None:
+            return  # a last batch of one has no negative pair
+        self._log(self.ssl_losses(batch, augment=False), "val", len(batch))
+
+    def configure_optimizers(self) -> Any:
+        cfg = dict(self.optim_cfg)
+        scheduler = cfg.pop("scheduler", "warmup_cosine")
+        warmup = int(cfg.pop("warmup_epochs", 10))
+        opt = _optimizer(self.parameters(), cfg)
+        if scheduler in (None, "none") or self.trainer is None or not self.trainer.max_epochs:
+            return opt
+        if scheduler != "warmup_cosine":
+            raise ConfigError(f"tip pre-training scheduler must be warmup_cosine or none, not '{scheduler}'")
+        total = int(self.trainer.max_epochs)
+        warmup = min(warmup, max(total - 1, 0))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: warmup_cosine(e, warmup, total) if warmup else warmup_cosine(e, 0, total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = json.dumps(self.record)
+
+
+# ---- fine-tuning ---------------------------------------------------------------------------
+HEAD_INPUTS = ("fused", "image", "concat")
+
+
+@register_method("tip")
+class TIP(ClassificationMethod):
+    """The TIP classifier: a linear layer on the (pre-trained) backbone's features.
+
+    Args:
+        checkpoint: a pre-training run folder or its ``.ckpt``; its weights are loaded
+            when training starts, its recorded backbone config rebuilds the architecture.
+        finetune: ``linear`` (backbone frozen, batch-norm statistics included: the
+            frozen modules stay in eval mode) or ``full``; default ``linear`` from a
+            checkpoint, ``full`` from scratch.
+        head_input: ``fused`` (TIP: the interaction module's CLS), ``image`` (the pooled
+            image features: MMCL's protocol) or ``concat`` (pooled image and tabular CLS:
+            the features ITC trains).
+        finetune_augment: image augmentation during fine-tuning (preset / options); its
+            ``rate`` (TIP: 0.8) is one coin per sample shared with the tabular corruption.
+        corruption_rate: SCARF corruption of the table in augmented rows (TIP: 0.3).
+        image_modality, encoders, interaction: the architecture when training from
+            scratch (ignored with a checkpoint).
+        backbone: the resolved architecture; filled in by the estimator from the
+            checkpoint, so a saved model reloads without it.
+        losses, itc, mtr, augment: pre-training options, unused by fine-tuning (one model
+            section serves ``holomodal pretrain`` and ``holomodal train``).
+    """
+
+    def __init__(
+        self,
+        context: ModelContext,
+        checkpoint: str | None = None,
+        finetune: str | None = None,
+        head_input: str = "fused",
+        finetune_augment: str | dict[str, Any] | None = None,
+        corruption_rate: float = 0.3,
+        image_modality: str | None = None,
+        encoders: dict[str, Any] | None = None,
+        interaction: dict[str, Any] | None = None,
+        backbone: dict[str, Any] | None = None,
+        losses: Sequence[str] | None = None,
+        itc: dict[str, Any] | None = None,
+        mtr: dict[str, Any] | None = None,
+        augment: Any = None,
+        optim: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(context, optim)
+        finetune = finetune or ("linear" if checkpoint else "full")
+        if finetune not in ("linear", "full"):
+            raise ConfigError(f"tip finetune must be 'linear' or 'full', not '{finetune}'")
+        if finetune == "linear" and not checkpoint:
+            raise ConfigError("tip finetune: linear probes a pre-trained backbone: set model.checkpoint to a pre-training run")
+        if head_input not in HEAD_INPUTS:
+            raise ConfigError(f"tip head_input must be one of {list(HEAD_INPUTS)}, not '{head_input}'")
+        self.checkpoint = checkpoint
+        self.finetune = finetune
+        self.head_input = head_input
+        if backbone is None:
+            backbone = (
+                read_pretrained(checkpoint)["backbone"] if checkpoint else
+                resolve_backbone_config(context.input_specs, context.modality_types, image_modality, encoders, interaction)
+            )
+        self.backbone_config = backbone
+        self.backbone = TIPBackbone(**copy.deepcopy(backbone))
+        b = self.backbone
+        width = {"fused": b.fused_dim, "image": b.image_dim, "concat": b.image_dim + b.tabular_dim}[head_input]
+        self.head = nn.Linear(width, context.num_classes)
+        augment_cfg = {"preset": "natural_finetune", "rate": 0.8} if finetune_augment is None else finetune_augment
+        augment_cfg = {"preset": augment_cfg} if isinstance(augment_cfg, str) else dict(augment_cfg)
+        self.augment_rate = float(augment_cfg.pop("rate", 0.8))
+        self.augment = build_image_augmentation(augment_cfg if augment_cfg.get("preset") != "none" else None)
+        self.corruption_rate = float(corruption_rate)
+        self._pretrained_loaded = False
+        if finetune == "linear":
+            self.backbone.requires_grad_(False)
+
+    # ---- pre-trained weights ---------------------------------------------------------------
+    @staticmethod
+    def adopt_pretraining(preprocessor: Any, model: dict[str, Any]) -> dict[str, Any]:
+        """Estimator hook, before the model is built: make the fitted ``preprocessor``
+        encode data as the pre-training run did (same category codes, same z-scores) and
+        return the model options with the checkpoint's architecture filled in."""
+        if not model.get("checkpoint"):
+            return model
+        record = read_pretrained(model["checkpoint"])
+        saved = (record.get("preprocessor") or {}).get("processors") or {}
+        image = record["backbone"]["image_modality"]
+        for key in (TABULAR, image):
+            if key not in preprocessor.processors or key not in saved:
+                raise ConfigError(f"the pre-training checkpoint and the data disagree: modality '{key}' is missing in one of them")
+        before = preprocessor.processors[TABULAR].names
+        after = list((saved[TABULAR].get("mean") or {}).keys())
+        expected = list(saved[TABULAR].get("vocab", {}).keys()) + after
+        if before != expected:
+            raise ConfigError(f"tabular columns differ from pre-training: data {before}, checkpoint {expected}")
+        for key in (TABULAR, image):
+            preprocessor.processors[key].load_state(copy.deepcopy(saved[key]))
+        return {**model, "backbone": record["backbone"]}
+
+    def load_pretrained(self) -> None:
+        """Load the checkpoint's backbone weights (strict: the architectures must agree)."""
+        if not self.checkpoint:
+            return
+        record = read_pretrained(self.checkpoint, weights=True)
+        self.backbone.load_state_dict(backbone_state(record["state_dict"]), strict=True)
+        self._pretrained_loaded = True
+
+    def setup(self, stage: str) -> None:
+        # before Lightning restores a resumed run, so a resume keeps its fine-tuned weights
+        if stage == "fit" and not self._pretrained_loaded:
+            self.load_pretrained()
+
+    def train(self, mode: bool = True) -> "TIP":
+        super().train(mode)
+        if self.finetune == "linear":
+            self.backbone.eval()
+        return self
+
+    # ---- forward -----------------------------------------------------------------------------
+    def features(self, batch: Batch) -> Tensor:
+        b = self.backbone
+        image_tokens, image_pooled = b.image_tokens(batch)
+        if self.head_input == "image":
+            return image_pooled
+        table_tokens, table_cls = b.tabular_tokens(batch)
+        if self.head_input == "concat":
+            return torch.cat([image_pooled, table_cls], dim=1)
+        return b.fuse(table_tokens, image_tokens, batch.present[b.image_modality])[:, 0]
+
+    def forward(self, batch: Batch) -> Tensor:
+        if self.finetune == "linear":
+            with torch.no_grad():
+                feats = self.features(batch)
+        else:
+            feats = self.features(batch)
+        return self.head(feats)
+
+    def augmented(self, batch: Batch) -> Batch:
+        """TIP's fine-tuning views: with probability ``rate`` per sample, an augmented image
+        and a corrupted table (one coin for both); otherwise the sample as it is."""
+        m = self.backbone.image_modality
+        pixels = batch.inputs[m]["pixels"]
+        rows = torch.rand(len(batch), device=pixels.device) < self.augment_rate
+        inputs = dict(batch.inputs)
+        if self.augment is not None:
+            plain = pixels.float() / 255.0 if pixels.dtype == torch.uint8 else pixels.float()
+            changed = torch.where(rows.view(-1, 1, 1, 1), self.augment(pixels), plain)
+            # absent images stay zero, as the batch contract wants
+            changed = changed * batch.present[m].view(-1, 1, 1, 1).to(changed.dtype)
+            inputs[m] = {**inputs[m], "pixels": changed}
+        if self.corruption_rate > 0:
+            inputs[TABULAR], _ = marginal_corruption(inputs[TABULAR], batch.cell_missing, self.corruption_rate, rows=rows)
+        return replace(batch, inputs=inputs)
+
+    def training_loss(self, batch: Batch) -> Tensor:
+        if self.augment_rate > 0 and (self.augment is not None or self.corruption_rate > 0):
+            batch = self.augmented(batch)
+        return self.loss_from_logits(self(batch), batch.target)
