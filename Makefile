@@ -25,7 +25,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	@$(CHROMIUM)
-	$(PY) -m pytest -q -m "not slow and not gpu" tests
+	$(PY) -m pytest -q -m "not slow and not gpu and not optional" tests
 
 bench: $(STAMP)
 	$(PY) benchmarks/late_fusion.py

@@ -1,10 +1,8 @@
 """Bad input gets a clear message naming the column, file or row, and never touches
 what an existing run folder holds."""
 
-import warnings
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from holomodal.cli import main

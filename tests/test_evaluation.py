@@ -9,15 +9,13 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
+from tiny import TINY_ENCODERS, small_schema
 from holomodal.cli import main
 from holomodal.errors import DataError
 from holomodal.estimator import Classifier
 from holomodal.evaluation import COLUMNS, robustness_sweep
-from holomodal.schema import Schema
 
-ENCODERS = {"image": {"name": "lenet", "channels": 2, "blocks": 1},
-            "text": {"name": "text_transformer", "hidden_size": 16, "layers": 1, "heads": 2, "intermediate_size": 32},
-            "tabular": {"name": "tabular_mlp", "hidden": 16, "layers": 1}}
+ENCODERS = TINY_ENCODERS
 KINDS = ["rvm", "rfm", "mifm", "lifm", "modality"]
 BINARY_METRICS = {"accuracy", "balanced_accuracy", "f1_macro", "auroc", "auprc"}
 
@@ -25,18 +23,6 @@ BINARY_METRICS = {"accuracy", "balanced_accuracy", "f1_macro", "auroc", "auprc"}
 def _tiny(schema, run_dir):
     return Classifier(schema, model={"encoders": ENCODERS}, trainer={"max_epochs": 1, "enable_progress_bar": False},
                       batch_size=16, run_dir=run_dir, loggers=["csv"])
-
-
-def small_schema(schema, drop=()):
-    """The data set's schema with 32-pixel images and 32-token notes: the test stays quick
-    on two CPU cores; ``drop`` leaves out columns of those modalities."""
-    columns = []
-    for c in schema.to_dict()["columns"]:
-        if c["modality"] in drop:
-            continue
-        shrink = {"image": {"size": 32}, "text": {"max_length": 32}}.get(c["modality"], {})
-        columns.append({**c, "options": {**c["options"], **shrink}})
-    return Schema.from_dict({**schema.to_dict(), "columns": columns})
 
 
 @pytest.fixture(scope="module")

@@ -13,26 +13,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from tiny import TINY_ENCODERS, small_schema
 from holomodal.cli import main
 from holomodal.errors import ConfigError
 from holomodal.estimator import AtomicCheckpointIO, Classifier
-from holomodal.schema import Schema
 
 # The text column is left out: tokenizers' WordPiece training is not deterministic across
 # processes, so two fresh runs with a text column differ before any resume is involved.
-ENCODERS = {"image": {"name": "lenet", "channels": 2, "blocks": 1}, "tabular": {"name": "tabular_mlp", "hidden": 16, "layers": 1}}
-
-
-def small_schema(schema, drop=()):
-    """The data set's schema with 32-pixel images and 32-token notes: the test stays quick
-    on two CPU cores; ``drop`` leaves out columns of those modalities."""
-    columns = []
-    for c in schema.to_dict()["columns"]:
-        if c["modality"] in drop:
-            continue
-        shrink = {"image": {"size": 32}, "text": {"max_length": 32}}.get(c["modality"], {})
-        columns.append({**c, "options": {**c["options"], **shrink}})
-    return Schema.from_dict({**schema.to_dict(), "columns": columns})
+ENCODERS = {m: TINY_ENCODERS[m] for m in ("image", "tabular")}
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +124,7 @@ def test_mlflow_logger_missing_package_is_named(covid, tmp_path):
         Classifier(covid.schema, loggers=["wandb"], run_dir=tmp_path / "run").fit(covid.split("train").iloc[:16])
 
 
+@pytest.mark.optional
 def test_mlflow_logger_logs_beside_csv_and_tensorboard(covid, tmp_path):
     mlflow = pytest.importorskip("mlflow", reason="mlflow is optional and not installed here")
     if not os.environ.get("MLFLOW_TRACKING_URI"):

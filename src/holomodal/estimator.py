@@ -13,7 +13,6 @@ ending in ``_`` (``preprocessor_``, ``model_``, ``plan_``, ``run_dir_``).
 from __future__ import annotations
 
 import copy
-import os
 import importlib.util
 import json
 import logging

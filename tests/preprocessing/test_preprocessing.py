@@ -4,7 +4,7 @@ import torch
 
 from holomodal.preprocessing import Preprocessor
 from holomodal.preprocessing.timeseries import TimeSeriesProcessor
-from holomodal.schema import Column, Modality, Schema
+from holomodal.schema import Column, Modality
 
 
 def test_fitted_on_train_only_and_state_round_trips(covid):
@@ -38,7 +38,6 @@ def test_natural_missingness_fills_the_masks(covid):
 
 def test_timeseries_binned_hourly_with_mask_and_delta():
     col = Column("series", Modality.TIMESERIES, {"channels": ["hr", "temp"], "hours": 4})
-    schema = Schema([col, Column("y", Modality.LABEL)])
     df = pd.DataFrame({
         "series": [np.array([[0.1, 0, 60.0], [0.5, 0, 80.0], [2.2, 1, 37.0]]), np.zeros((0, 3))],
         "y": [0, 1],

@@ -384,6 +384,9 @@ class TIP(ClassificationMethod):
         self._pretrained_loaded = False
         if finetune == "linear":
             self.backbone.requires_grad_(False)
+            # Lightning restores each submodule's own mode around validation rather than
+            # calling train(), so the frozen backbone must start in eval mode
+            self.backbone.eval()
 
     # ---- pre-trained weights ---------------------------------------------------------------
     @staticmethod

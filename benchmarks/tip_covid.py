@@ -1,0 +1,254 @@
+"""TIP against its baselines on covid_cxr (COVID-19 vs other findings), under incomplete tables.
+
+Pre-training (labels unused, train + unlabelled rows with an X-ray): TIP (ITC + ITM + MTR),
+TIP without MTR (ITC + ITM) and MMCL-style contrastive-only (ITC). Fine-tuning from each:
+linear probing and full fine-tuning. Supervised baselines from scratch on the same data and
+splits: image only, table only, late fusion (image + table), all with the same encoders.
+Every fine-tuning run sees the same synthetic missingness in train, val and test (TIP's
+protocol): none, RVM 0.3 / 0.5 / 0.7, RFM 0.5. The image-only model never reads the table,
+so it is trained once per seed and scored under every condition.
+
+The machine is a shared 2-core CPU, so everything is scaled down (see SCALE; the table
+header repeats it): timm ``test_resnet`` at 64 px, 2-layer 32-wide transformers.
+
+    python benchmarks/tip_covid.py [--seeds 0,1,2] [--workers 2] [--out benchmarks/results/tip_covid]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+SCALE = {
+    "image_size": 64, "image_model": "test_resnet", "dim": 32, "depth": 2, "heads": 4, "batch_size": 64,
+    "pretrain_epochs": 30, "warmup_epochs": 3, "pretrain_lr": 1e-3, "finetune_epochs": 16, "finetune_lr": 1e-3,
+}
+if os.environ.get("TIP_BENCH_QUICK"):  # smoke test of the script itself; spawned workers inherit it
+    SCALE.update(pretrain_epochs=1, warmup_epochs=1, finetune_epochs=1)
+CONDITIONS = {"none": [], "rvm 0.3": ["rvm:0.3"], "rvm 0.5": ["rvm:0.5"], "rvm 0.7": ["rvm:0.7"], "rfm 0.5": ["rfm:0.5"]}
+PRETRAININGS = {"tip": ["itc", "itm", "mtr"], "tip_no_mtr": ["itc", "itm"], "mmcl": ["itc"]}
+# method -> (pre-training it starts from or None, model options)
+METHODS: dict[str, tuple[str | None, dict[str, Any]]] = {
+    "tip_linear": ("tip", {"finetune": "linear"}),
+    "tip_full": ("tip", {"finetune": "full"}),
+    "tip_no_mtr_linear": ("tip_no_mtr", {"finetune": "linear"}),
+    "tip_no_mtr_full": ("tip_no_mtr", {"finetune": "full"}),
+    # MMCL trains only the unimodal features, so its probe reads those, not the untrained fusion
+    "mmcl_linear": ("mmcl", {"finetune": "linear", "head_input": "concat"}),
+    "mmcl_full": ("mmcl", {"finetune": "full", "head_input": "concat"}),
+    "late_fusion": (None, {"modalities": ["image", "tabular"]}),
+    "tabular_only": (None, {"modalities": ["tabular"]}),
+    "image_only": (None, {"modalities": ["image"]}),
+}
+
+
+def _encoders() -> dict[str, Any]:
+    return {
+        "image": {"name": "timm", "model_name": SCALE["image_model"], "normalize": False},
+        "tabular": {"name": "tabular_transformer", "dim": SCALE["dim"], "depth": SCALE["depth"], "heads": SCALE["heads"]},
+    }
+
+
+def _data():
+    """covid_cxr at the benchmark's resolution, without the notes column (TIP reads image and table)."""
+    import pandas as pd  # noqa: F401
+
+    from holomodal.data import load_dataset
+    from holomodal.schema import Modality, Schema
+
+    bundle = load_dataset("covid_cxr", image_size=SCALE["image_size"])
+    schema = Schema([c for c in bundle.schema.columns if c.modality != Modality.TEXT], on_unreadable=bundle.schema.on_unreadable)
+    splits = {name: bundle.split(name).drop(columns=["clinical_notes"]) for name in bundle.splits}
+    return schema, splits
+
+
+def _worker_init() -> None:
+    import warnings
+
+    import torch
+
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    import logging
+
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+
+
+def pretrain_job(variant: str, seed: int, run_root: str) -> dict[str, Any]:
+    import pandas as pd
+
+    from holomodal.config import load_config, to_container
+    from holomodal.pretraining import Pretrainer
+
+    cfg = to_container(load_config(["covid_cxr_tip_pretrain"]))
+    model = {**cfg["model"], "encoders": _encoders(), "losses": PRETRAININGS[variant],
+             "interaction": {"dim": SCALE["dim"], "depth": SCALE["depth"], "heads": SCALE["heads"]}}
+    schema, splits = _data()
+    frame = pd.concat([splits["train"], splits["unlabelled"]], ignore_index=True)
+    start = time.perf_counter()
+    pre = Pretrainer(
+        schema, model=model, optim={**cfg["optim"], "lr": SCALE["pretrain_lr"], "warmup_epochs": SCALE["warmup_epochs"]},
+        batch_size=SCALE["batch_size"], seed=seed, trainer={"max_epochs": SCALE["pretrain_epochs"], "enable_progress_bar": False},
+        run_dir=Path(run_root) / f"pretrain-{variant}-{seed}", loggers=["csv"], data_name="covid_cxr",
+    ).fit(frame, splits["val"])
+    return {"checkpoint": str(pre.checkpoint_), "seconds": round(time.perf_counter() - start, 1),
+            "last_epoch": {k: round(v, 4) for k, v in pre.metrics_.items()}}
+
+
+def finetune_job(method: str, seed: int, condition: str, checkpoint: str | None, run_root: str) -> dict[str, Any]:
+    from holomodal.config import load_config, to_container
+    from holomodal.estimator import Classifier
+
+    source, options = METHODS[method]
+    schema, splits = _data()
+    trainer = {"max_epochs": SCALE["finetune_epochs"], "enable_progress_bar": False}
+    if source is not None:
+        cfg = to_container(load_config(["covid_cxr_tip_finetune"]))
+        model = {**cfg["model"], **options, "checkpoint": checkpoint}
+        optim = {**cfg["optim"], "lr": SCALE["finetune_lr"]}
+        name = "tip"
+    else:
+        model = {**options, "encoders": _encoders()}
+        optim = {"name": "adam", "lr": SCALE["finetune_lr"], "weight_decay": 0.0}
+        name = "late_fusion"
+    missing = CONDITIONS[condition] if method != "image_only" else []
+    tag = f"{method}-{condition.replace(' ', '')}-{seed}"
+    clf = Classifier(schema, method=name, model=model, optim=optim, batch_size=SCALE["batch_size"], missing=missing,
+                     seed=seed, trainer=trainer, monitor="val/auroc", run_dir=Path(run_root) / tag, loggers=["csv"],
+                     data_name="covid_cxr")
+    start = time.perf_counter()
+    clf.fit(splits["train"], splits["val"])
+    seconds = time.perf_counter() - start
+    if method == "image_only":
+        scores = {c: clf.evaluate(splits["test"], missing=m or None, split="test")["auroc"] for c, m in CONDITIONS.items()}
+    else:
+        scores = {condition: clf.evaluate(splits["test"], missing=missing or None, split="test")["auroc"]}
+    return {"auroc": scores, "seconds": round(seconds, 1)}
+
+
+def _guarded(fn, *args):
+    try:
+        return fn(*args)
+    except Exception:  # one failed run is reported in the table, not fatal to the others
+        return {"error": traceback.format_exc()}
+
+
+def summarise(results: dict[str, Any], seeds: list[int], total_seconds: float, methods: list[str]) -> tuple[dict, str]:
+    table: dict[str, dict[str, dict[str, Any]]] = {}
+    for method in methods:
+        table[method] = {}
+        for condition in CONDITIONS:
+            values = [results["auroc"].get(f"{method}|{condition}|{s}") for s in seeds]
+            values = [v for v in values if v is not None]
+            table[method][condition] = {
+                "mean": statistics.fmean(values) if values else None,
+                "std": statistics.stdev(values) if len(values) > 1 else 0.0 if values else None,
+                "n": len(values), "values": values,
+            }
+    s = SCALE
+    lines = [
+        "# TIP vs baselines on covid_cxr (COVID-19 vs other), test AUROC, mean ± std over seeds " + ",".join(map(str, seeds)),
+        "",
+        f"Scaled-down settings (2 shared CPU cores): image encoder timm `{s['image_model']}` from scratch at "
+        f"{s['image_size']} px, no ImageNet normalisation; tabular transformer and interaction module "
+        f"{s['depth']} layers x {s['dim']} wide, {s['heads']} heads (TIP: 4 x 512, 8 heads, ResNet-50 at 128 px); "
+        f"pre-training {s['pretrain_epochs']} epochs, Adam lr {s['pretrain_lr']}, {s['warmup_epochs']} warm-up epochs + cosine, "
+        f"batch {s['batch_size']} (TIP: 500 epochs, 3e-4); fine-tuning {s['finetune_epochs']} epochs, Adam lr {s['finetune_lr']}, "
+        "best val-AUROC epoch kept. Same encoders for the supervised baselines (late_fusion method).",
+        "Missingness (synthetic, on top of the natural one) is applied to train, val and test of fine-tuning; "
+        "pre-training always sees the tables as they are. The image-only model does not read the table: one model "
+        "per seed, scored under every condition.",
+        f"Total run time: {total_seconds / 60:.1f} min.",
+        "",
+        "| method | " + " | ".join(CONDITIONS) + " |",
+        "|---|" + "---|" * len(CONDITIONS),
+    ]
+    for method, row in table.items():
+        cells = [f"{c['mean']:.3f} ± {c['std']:.3f}" if c["mean"] is not None else "n/a" for c in row.values()]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    if results.get("errors"):
+        lines += ["", f"{len(results['errors'])} run(s) failed: " + ", ".join(sorted(results["errors"]))]
+    return table, "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--out", default="benchmarks/results/tip_covid")
+    parser.add_argument("--runs", default="runs/bench-tip-covid")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        sys.exit(f"unknown method(s) {unknown}; known: {list(METHODS)}")
+    run_root = str(Path(args.runs) / time.strftime("%Y%m%d-%H%M%S"))
+    needed = sorted({METHODS[m][0] for m in methods if METHODS[m][0]})
+    results: dict[str, Any] = {"scale": SCALE, "seeds": seeds, "auroc": {}, "pretraining": {}, "seconds": {}, "errors": {}}
+    start = time.perf_counter()
+    pool = ProcessPoolExecutor(max_workers=args.workers, mp_context=get_context("spawn"), initializer=_worker_init)
+    pending: dict[Any, tuple] = {}
+    # pre-trainings first: every TIP-style fine-tuning waits for one
+    for seed in seeds:
+        for variant in needed:
+            pending[pool.submit(_guarded, pretrain_job, variant, seed, run_root)] = ("pretrain", variant, seed)
+    for seed in seeds:
+        for method in methods:
+            if METHODS[method][0] is None:
+                for condition in (["none"] if method == "image_only" else CONDITIONS):
+                    pending[pool.submit(_guarded, finetune_job, method, seed, condition, None, run_root)] = ("finetune", method, seed, condition)
+    while pending:
+        done, _ = wait(pending, return_when=FIRST_COMPLETED)
+        for fut in done:
+            job = pending.pop(fut)
+            out = fut.result()
+            elapsed = (time.perf_counter() - start) / 60
+            if "error" in out:
+                key = "|".join(map(str, job[1:]))
+                results["errors"][key] = out["error"]
+                print(f"[{elapsed:5.1f} min] FAILED {job}: {out['error'].strip().splitlines()[-1]}", flush=True)
+                continue
+            if job[0] == "pretrain":
+                _, variant, seed = job
+                results["pretraining"][f"{variant}|{seed}"] = out
+                print(f"[{elapsed:5.1f} min] pretrain {variant} seed {seed}: {out['seconds']} s {out['last_epoch']}", flush=True)
+                for method in methods:
+                    if METHODS[method][0] == variant:
+                        for condition in CONDITIONS:
+                            pending[pool.submit(_guarded, finetune_job, method, seed, condition, out["checkpoint"], run_root)] = (
+                                "finetune", method, seed, condition)
+            else:
+                _, method, seed, condition = job
+                for cond, value in out["auroc"].items():
+                    results["auroc"][f"{method}|{cond}|{seed}"] = value
+                results["seconds"][f"{method}|{condition}|{seed}"] = out["seconds"]
+                print(f"[{elapsed:5.1f} min] {method} {condition} seed {seed}: AUROC "
+                      f"{out['auroc'].get(condition, next(iter(out['auroc'].values()))):.4f} ({out['seconds']} s)", flush=True)
+    pool.shutdown()
+    total = time.perf_counter() - start
+    results["total_seconds"] = round(total, 1)
+    table, markdown = summarise(results, seeds, total, methods)
+    results["table"] = table
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=2))
+    out.with_suffix(".md").write_text(markdown)
+    print(markdown)
+    print(f"written {out.with_suffix('.md')} and .json; total {total / 60:.1f} min", flush=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HOLOMODAL_DATA", str((Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()))
+    main()
