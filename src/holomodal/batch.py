@@ -19,6 +19,7 @@ them by accident; the masks, not the values, say what is missing.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -40,43 +41,30 @@ class Batch:
     def modalities(self) -> list[str]:
         return list(self.inputs)
 
+    def map(self, fn: Callable[[Tensor], Tensor]) -> "Batch":
+        """A batch with ``fn`` applied to every tensor it holds."""
+        return Batch(
+            inputs={m: {k: fn(v) for k, v in t.items()} for m, t in self.inputs.items()},
+            present={m: fn(p) for m, p in self.present.items()},
+            cell_missing=None if self.cell_missing is None else fn(self.cell_missing),
+            target=None if self.target is None else fn(self.target),
+            row=None if self.row is None else fn(self.row),
+            extras={k: fn(v) for k, v in self.extras.items()},
+        )
+
     def select(self, rows: Tensor | list[int]) -> "Batch":
         """Rows ``rows`` of every tensor, gathered in one indexing operation each."""
         idx = torch.as_tensor(rows, dtype=torch.long)
-        return Batch(
-            inputs={m: {k: v[idx] for k, v in t.items()} for m, t in self.inputs.items()},
-            present={m: p[idx] for m, p in self.present.items()},
-            cell_missing=None if self.cell_missing is None else self.cell_missing[idx],
-            target=None if self.target is None else self.target[idx],
-            row=idx if self.row is None else self.row[idx],
-            extras={k: v[idx] for k, v in self.extras.items()},
-        )
+        selected = self.map(lambda t: t[idx])
+        if self.row is None:
+            selected.row = idx
+        return selected
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
-        def move(t: Tensor) -> Tensor:
-            return t.to(device, non_blocking=non_blocking)
-
-        return Batch(
-            inputs={m: {k: move(v) for k, v in t.items()} for m, t in self.inputs.items()},
-            present={m: move(p) for m, p in self.present.items()},
-            cell_missing=None if self.cell_missing is None else move(self.cell_missing),
-            target=None if self.target is None else move(self.target),
-            row=None if self.row is None else move(self.row),
-            extras={k: move(v) for k, v in self.extras.items()},
-        )
+        return self.map(lambda t: t.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> "Batch":
-        def pin(t: Tensor) -> Tensor:
-            return t.pin_memory()
-
-        return Batch(
-            inputs={m: {k: pin(v) for k, v in t.items()} for m, t in self.inputs.items()},
-            present={m: pin(p) for m, p in self.present.items()},
-            cell_missing=None if self.cell_missing is None else pin(self.cell_missing),
-            target=None if self.target is None else pin(self.target),
-            row=None if self.row is None else pin(self.row),
-            extras={k: pin(v) for k, v in self.extras.items()},
-        )
+        return self.map(lambda t: t.pin_memory())
 
     def with_masks(
         self, cell_missing: Tensor | None = None, present: dict[str, Tensor] | None = None

@@ -27,6 +27,7 @@ from holomodal.errors import ConfigError, DataError
 from holomodal.estimator import Classifier
 from holomodal.methods.base import make_metrics, metric_args
 from holomodal.missingness import KINDS, TABULAR_KINDS, MissingnessPlan, MissingnessSpec
+from holomodal.runs import jsonable
 from holomodal.schema import TABULAR, Task
 
 log = logging.getLogger("holomodal")
@@ -276,17 +277,10 @@ def write_sweep(result: pd.DataFrame, folder: Path, title: str = "", extra: dict
     csv, js, png = (stem.with_name(stem.name + s) for s in suffixes)
     write_new_file(csv, result.to_csv(index=False))
     meta = {**(extra or {}), **result.attrs, "results": result.to_dict(orient="records")}
-    write_new_file(js, json.dumps(meta, indent=2, default=_jsonable))
+    write_new_file(js, json.dumps(meta, indent=2, default=jsonable))
     plot_sweep(result, png, title)
     return {"csv": csv, "json": js, "png": png}
 
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
 def load_run(run: str | Path) -> Classifier:

@@ -44,7 +44,7 @@ def prepare_run_dir(path: str | Path, *, resume: bool) -> Path:
 def write_json(path: Path, data: Any) -> None:
     """Write via a temporary file and an atomic rename, so a kill never leaves half a file."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_jsonable))
+    tmp.write_text(json.dumps(data, indent=2, default=jsonable))
     os.replace(tmp, path)
 
 
@@ -54,7 +54,7 @@ def write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
     if isinstance(value, Path):
