@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -298,6 +299,9 @@ class Classifier:
         from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
         from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger
 
+        # the CSV log shares the run folder with the run's record on purpose (its history is
+        # merged back on resume), so Lightning's "folder is not empty" notice is noise here
+        warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
         cfg = {k: v for k, v in self.trainer.items() if v is not None}
         if cfg.get("precision") == "auto":
             cfg["precision"] = _auto_precision()
