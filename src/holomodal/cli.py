@@ -56,6 +56,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from holomodal.config import load_config
+    from holomodal.pretraining import run_pretraining
+
+    result = run_pretraining(load_config(list(args.config or []), list(args.overrides)))
+    losses = ", ".join(f"{k} {v:.4f}" for k, v in sorted(result["metrics"].items()))
+    print(f"last epoch: {losses}")
+    print(f"run folder: {result['run_dir']}  (fit {result['fit_seconds']:.1f} s)")
+    print(f"fine-tune with: holomodal train -c CONFIG model.checkpoint={result['run_dir']}")
+    return 0
+
+
 def _load_run(run: str):
     from holomodal.estimator import Classifier
 
@@ -114,6 +126,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     from holomodal.data import list_datasets, load_dataset
 
+    if args.action == "prepare":
+        return _prepare(args)
     if args.action == "list":
         for name in list_datasets():
             print(name)
@@ -122,6 +136,28 @@ def cmd_data(args: argparse.Namespace) -> int:
         raise HolomodalError(f"'holomodal data {args.action}' needs a data set name ({', '.join(list_datasets())})")
     bundle = load_dataset(args.name, root=args.root)
     print(describe_bundle(bundle, check=args.action == "check"))
+    return 0
+
+
+PREPARERS = ("dvm",)
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    if args.name not in PREPARERS:
+        raise HolomodalError(f"'holomodal data prepare' knows {', '.join(PREPARERS)}, not '{args.name}'")
+    if not args.root or not args.out:
+        raise HolomodalError("'holomodal data prepare dvm' needs --root (the DVM-Car release) and --out (a new folder)")
+    from holomodal.data.dvm import prepare_dvm
+
+    summary = prepare_dvm(args.root, args.out, min_adverts=args.min_adverts, image_size=args.image_size)
+    print(", ".join(f"{k} {v}" for k, v in summary["splits"].items()) + f"; {summary['classes']} classes")
+    if not summary["physical_dimensions"]:
+        print("note: 'Ad_table (extra).csv' was not found, so Wheelbase/Height/Width/Length are left out")
+    if summary["missing_image_files"]:
+        print(f"note: {summary['missing_image_files']} image file(s) are missing; those rows have no image")
+    out = Path(args.out)
+    print(f"written to {out}: use data.train={out / 'train.parquet'} data.val={out / 'val.parquet'} "
+          f"data.test={out / 'test.parquet'} data.schema={out / 'schema.yaml'}")
     return 0
 
 
@@ -164,6 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.max_epochs=3")
     train.set_defaults(func=cmd_train)
 
+    pre = sub.add_parser("pretrain", help="self-supervised pre-training (TIP) without labels; key=value overrides follow")
+    pre.add_argument("-c", "--config", action="append", help="YAML config (path or bundled name); repeatable, merged in order")
+    pre.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.max_epochs=3")
+    pre.set_defaults(func=cmd_pretrain)
+
     ev = sub.add_parser("evaluate", help="metrics of a trained run, optionally under synthetic missingness")
     ev.add_argument("run")
     ev.add_argument("--split", default="test", choices=["train", "val", "test"])
@@ -195,10 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--rows", type=int, default=16, help="rows used to trace and check")
     exp.set_defaults(func=cmd_export)
 
-    data = sub.add_parser("data", help="list, describe or check the bundled data sets")
-    data.add_argument("action", choices=["list", "describe", "check"])
+    data = sub.add_parser("data", help="list, describe or check the bundled data sets; prepare a public one")
+    data.add_argument("action", choices=["list", "describe", "check", "prepare"])
     data.add_argument("name", nargs="?")
-    data.add_argument("--root", help="data folder (default $HOLOMODAL_DATA or ../shared/data)")
+    data.add_argument("--root", help="data folder (default $HOLOMODAL_DATA or ../shared/data); for prepare, the downloaded release")
+    data.add_argument("--out", help="prepare: a new folder for the tables and schema")
+    data.add_argument("--min-adverts", type=int, default=100, help="prepare dvm: adverts a car model needs to be a class")
+    data.add_argument("--image-size", type=int, default=128, help="prepare: image side written into the schema")
     data.set_defaults(func=cmd_data)
     return parser
 

@@ -28,7 +28,7 @@ def test_matching_loss_matches_hand_computation():
 
 def test_negatives_are_never_the_positive_pair():
     g = torch.Generator().manual_seed(0)
-    for trial in range(300):
+    for trial in range(120):
         b = 2 + trial % 5
         similarity = torch.randn(b, b, generator=g) * 10
         # a huge diagonal puts all softmax mass on the positives: still never drawn
@@ -48,8 +48,8 @@ def test_negative_weights_follow_softmax_of_similarity_with_zero_diagonal():
     # the table-anchored weights come from the transposed similarity
     g = torch.Generator().manual_seed(1)
     counts = torch.zeros(3)
-    for _ in range(2000):
+    for _ in range(400):
         _, images = sample_hard_negatives(similarity, generator=g)
         counts[images[1]] += 1  # table 1 draws an image from softmax(S[:, 1]) without image 1
     p = torch.softmax(similarity.T[1], dim=0)
-    assert counts[1] == 0 and abs(counts[0] / counts.sum() - p[0] / (p[0] + p[2])) < 0.05
+    assert counts[1] == 0 and abs(counts[0] / counts.sum() - p[0] / (p[0] + p[2])) < 0.08

@@ -175,3 +175,15 @@ def test_pretrain_then_linear_probe_round_trip(tmp_path):
     np.testing.assert_allclose(clf.predict_proba(frame), again.predict_proba(frame), atol=1e-6)
     with pytest.raises(ConfigError, match="linear probes"):
         _classifier(finetune="linear")
+
+
+def test_interaction_module_is_a_registered_fusion():
+    from holomodal.fusion import create_fusion, list_fusions
+
+    assert "cross_attention" in list_fusions()
+    fusion = create_fusion("cross_attention", {"tabular": 8, "xray": 12}, dim=8, depth=2, heads=2)
+    tokens = {"tabular": torch.randn(3, 5, 8), "xray": torch.randn(3, 4, 12)}
+    assert fusion(tokens, {"xray": torch.ones(3, dtype=torch.bool)}).shape == (3, 8)
+    assert fusion.forward_tokens(tokens).shape == (3, 5, 8)
+    with pytest.raises(ConfigError, match="exactly two"):
+        create_fusion("cross_attention", {"tabular": 8})

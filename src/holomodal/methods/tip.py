@@ -30,7 +30,6 @@ from typing import Any, Sequence
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from holomodal.augment import ImageAugmentation, build_image_augmentation, marginal_corruption
@@ -302,7 +301,7 @@ class TIPPretraining(L.LightningModule):
             raise ConfigError(f"tip pre-training scheduler must be warmup_cosine or none, not '{scheduler}'")
         total = int(self.trainer.max_epochs)
         warmup = min(warmup, max(total - 1, 0))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: warmup_cosine(e, warmup, total) if warmup else warmup_cosine(e, 0, total))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: warmup_cosine(e, warmup, total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -376,6 +375,10 @@ class TIP(ClassificationMethod):
         b = self.backbone
         width = {"fused": b.fused_dim, "image": b.image_dim, "concat": b.image_dim + b.tabular_dim}[head_input]
         self.head = nn.Linear(width, context.num_classes)
+        # a small initial head: a probe trained for few steps on frozen features must not keep
+        # the arbitrary direction PyTorch's default (uniform, std ~ 1/sqrt(3 * width)) gives it
+        nn.init.normal_(self.head.weight, std=0.01)
+        nn.init.zeros_(self.head.bias)
         augment_cfg = {"preset": "natural_finetune", "rate": 0.8} if finetune_augment is None else finetune_augment
         augment_cfg = {"preset": augment_cfg} if isinstance(augment_cfg, str) else dict(augment_cfg)
         self.augment_rate = float(augment_cfg.pop("rate", 0.8))
