@@ -179,7 +179,9 @@ def summarise(results: dict[str, Any], seeds: list[int], total_seconds: float, m
         "Missingness (synthetic, on top of the natural one) is applied to train, val and test of fine-tuning; "
         "pre-training always sees the tables as they are. The image-only model does not read the table: one model "
         "per seed, scored under every condition.",
-        f"Total run time: {total_seconds / 60:.1f} min.",
+        f"Total run time: {total_seconds / 60:.1f} min."
+        + (f" (This run {results['run_seconds'] / 60:.1f} min for {', '.join(results['run_methods'])}, merged into an "
+           f"earlier run of {(total_seconds - results['run_seconds']) / 60:.1f} min for the other rows.)" if results.get("merged_from") else ""),
         "",
         "| method | " + " | ".join(CONDITIONS) + " |",
         "|---|" + "---|" * len(CONDITIONS),
@@ -218,6 +220,7 @@ def main() -> None:
         earlier_seconds = float(earlier.get("total_seconds", 0.0))
         results["merged_from"] = args.merge
     results["methods"] = methods
+    results["run_methods"] = [m for m in args.methods.split(",") if m]
     start = time.perf_counter()
     pool = ProcessPoolExecutor(max_workers=args.workers, mp_context=get_context("spawn"), initializer=_worker_init)
     pending: dict[Any, tuple] = {}
