@@ -31,11 +31,13 @@ from typing import Any
 
 SCALE = {
     "image_size": 64, "image_model": "test_resnet", "dim": 32, "depth": 2, "heads": 4, "batch_size": 64,
-    "pretrain_epochs": 30, "warmup_epochs": 3, "pretrain_lr": 1e-3, "finetune_epochs": 10, "finetune_lr": 1e-3,
+    "pretrain_epochs": 150, "warmup_epochs": 10, "pretrain_lr": 1e-3, "finetune_epochs": 10, "finetune_lr": 1e-3,
     "probe_epochs": 30, "probe_lr": 1e-2,
 }
 if os.environ.get("TIP_BENCH_QUICK"):  # smoke test of the script itself; spawned workers inherit it
     SCALE.update(pretrain_epochs=1, warmup_epochs=1, finetune_epochs=1, probe_epochs=1)
+# --scale key=value overrides travel to the spawned workers through the environment
+SCALE.update(json.loads(os.environ.get("TIP_BENCH_SCALE", "{}")))
 CONDITIONS = {"none": [], "rvm 0.3": ["rvm:0.3"], "rvm 0.5": ["rvm:0.5"], "rvm 0.7": ["rvm:0.7"], "rfm 0.5": ["rfm:0.5"]}
 PRETRAININGS = {"tip": ["itc", "itm", "mtr"], "tip_no_mtr": ["itc", "itm"], "mmcl": ["itc"]}
 # method -> (pre-training it starts from or None, model options)
@@ -56,7 +58,7 @@ METHODS: dict[str, tuple[str | None, dict[str, Any]]] = {
 
 
 # the linear probes of the two ablations are optional: the CPU budget covers one probe
-DEFAULT_METHODS = [m for m in METHODS if m not in ("tip_no_mtr_linear", "mmcl_linear", "tip_full_plain")]
+DEFAULT_METHODS = [m for m in METHODS if m not in ("tip_no_mtr_linear", "mmcl_linear")]
 
 
 def _encoders() -> dict[str, Any]:
@@ -201,9 +203,19 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     parser.add_argument("--out", default="benchmarks/results/tip_covid")
     parser.add_argument("--runs", default="runs/bench-tip-covid")
+    parser.add_argument("--scale", nargs="*", default=[], metavar="KEY=VALUE",
+                        help=f"change a scaled-down setting, e.g. pretrain_epochs=150 (keys: {', '.join(SCALE)})")
     parser.add_argument("--merge", help="an earlier results JSON: its runs are kept, those of --methods replaced")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    changes = {}
+    for item in args.scale:
+        key, sep, value = item.partition("=")
+        if not sep or key not in SCALE:
+            sys.exit(f"--scale takes KEY=VALUE with KEY one of {list(SCALE)}, not '{item}'")
+        changes[key] = type(SCALE[key])(value)
+    SCALE.update(changes)
+    os.environ["TIP_BENCH_SCALE"] = json.dumps({**json.loads(os.environ.get("TIP_BENCH_SCALE", "{}")), **changes})
     methods = [m for m in args.methods.split(",") if m]
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:

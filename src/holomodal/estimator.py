@@ -31,6 +31,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from holomodal.batch import Batch
+from holomodal.compilation import compile_callbacks
 from holomodal.errors import ConfigError, DataError, RunFolderError
 from holomodal.loading import make_loader
 from holomodal.methods import METHODS, ClassificationMethod, ModelContext, create_method
@@ -162,6 +163,7 @@ class Classifier:
         run_dir: str | Path | None = None,
         loggers: Sequence[str] = ("csv", "tensorboard"),
         data_name: str | None = None,
+        compile: bool | dict[str, Any] = False,
     ) -> None:
         self.schema = schema
         self.method = method
@@ -175,13 +177,14 @@ class Classifier:
         self.run_dir = run_dir
         self.loggers = list(loggers)
         self.data_name = data_name
+        self.compile = compile
 
     # ---- configuration -----------------------------------------------------------------
     def get_params(self) -> dict[str, Any]:
         return {
             "method": self.method, "model": self.model, "optim": self.optim, "batch_size": self.batch_size,
             "missing": self.missing, "seed": self.seed, "trainer": self.trainer, "monitor": self.monitor,
-            "loggers": self.loggers, "data_name": self.data_name,
+            "loggers": self.loggers, "data_name": self.data_name, "compile": self.compile,
         }
 
     @property
@@ -321,6 +324,7 @@ class Classifier:
                     artifact_location=(self.run_dir_ / "mlartifacts").resolve().as_uri(),
                 ))
         callbacks = [
+            *compile_callbacks(self.compile),
             EpochSeed(self.seed),
             ModelCheckpoint(
                 dirpath=self.run_dir_ / "checkpoints",

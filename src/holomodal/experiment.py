@@ -66,7 +66,7 @@ def classifier_from_config(cfg: dict[str, Any], schema: Schema, data_name: str) 
         schema, method=cfg["method"], model=cfg.get("model") or {}, optim=cfg.get("optim") or {},
         batch_size=cfg["batch_size"], missing=cfg.get("missing") or [], seed=cfg["seed"],
         trainer=cfg.get("trainer") or {}, monitor=cfg.get("monitor", "auto"), run_dir=cfg["run"]["dir"],
-        loggers=cfg["run"].get("loggers") or ["csv"], data_name=data_name,
+        loggers=cfg["run"].get("loggers") or ["csv"], data_name=data_name, compile=cfg["run"].get("compile") or False,
     )
 
 

@@ -29,6 +29,7 @@ from holomodal.config import to_container
 from holomodal.errors import ConfigError, DataError
 from holomodal.loading import make_loader
 from holomodal.preprocessing import Preprocessor
+from holomodal.compilation import compile_callbacks
 from holomodal.runs import check_run_dir, default_run_dir, prepare_run_dir, write_json, write_text
 from holomodal.schema import Column, Modality, Schema
 
@@ -88,6 +89,7 @@ class Pretrainer:
         run_dir: str | Path | None = None,
         loggers: Sequence[str] = ("csv",),
         data_name: str | None = None,
+        compile: bool | dict[str, Any] = False,
     ) -> None:
         if method not in PRETRAINING_METHODS:
             raise ConfigError(f"pre-training is implemented for {list(PRETRAINING_METHODS)}, not '{method}'")
@@ -103,6 +105,7 @@ class Pretrainer:
         self.run_dir = run_dir
         self.loggers = list(loggers)
         self.data_name = data_name
+        self.compile = compile
 
     def _encode(self, frame: pd.DataFrame) -> Batch:
         batch, _ = self.preprocessor_.transform(frame, with_target=False)
@@ -153,7 +156,7 @@ class Pretrainer:
         checkpoint = ModelCheckpoint(dirpath=self.run_dir_ / "checkpoints", filename="epoch{epoch:03d}", save_last=True,
                                      save_top_k=0, enable_version_counter=False)
         trainer = L.Trainer(
-            default_root_dir=self.run_dir_, logger=loggers or False, callbacks=[EpochSeed(self.seed), checkpoint],
+            default_root_dir=self.run_dir_, logger=loggers or False, callbacks=[*compile_callbacks(self.compile), EpochSeed(self.seed), checkpoint],
             plugins=[AtomicCheckpointIO()], enable_model_summary=False, **cfg,
         )
         # the matching loss needs two pairs per batch, hence drop_last
@@ -201,6 +204,7 @@ def run_pretraining(cfg: Any) -> dict[str, Any]:
         schema, method=cfg.get("method", "tip"), model=cfg.get("model") or {}, optim=cfg.get("optim") or {},
         batch_size=cfg["batch_size"], seed=cfg["seed"], trainer=cfg.get("trainer") or {}, run_dir=cfg["run"]["dir"],
         loggers=[n for n in (cfg["run"].get("loggers") or ["csv"]) if n in ("csv", "tensorboard")], data_name=name,
+        compile=cfg["run"].get("compile") or False,
     )
     pre.fit(frame, val, record={"config.yaml": cfg})
     return {"run_dir": str(pre.run_dir_), "checkpoint": str(pre.checkpoint_), "fit_seconds": pre.fit_seconds_, "metrics": pre.metrics_}
