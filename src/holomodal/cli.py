@@ -128,6 +128,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 
     if args.action == "prepare":
         return _prepare(args)
+    if args.action == "cache":
+        return _cache(args)
     if args.action == "list":
         for name in list_datasets():
             print(name)
@@ -142,6 +144,44 @@ def cmd_data(args: argparse.Namespace) -> int:
 PREPARERS = ("dvm",)
 
 
+def _cache(args: argparse.Namespace) -> int:
+    """Decode every image file of a data set once into the memory-mapped cache."""
+    from rich.progress import Progress
+
+    from holomodal.preprocessing.image import ImageProcessor
+    from holomodal.preprocessing.image_cache import cache_root
+    from holomodal.schema import Modality
+
+    if args.schema:
+        from holomodal.experiment import _read_table, read_schema
+
+        if not args.table:
+            raise HolomodalError("'holomodal data cache --schema FILE' needs --table FILE (one or more)")
+        schema = read_schema(args.schema)
+        frame = pd.concat([_read_table(t) for t in args.table], ignore_index=True)
+        name = Path(args.table[0]).stem
+    elif args.name:
+        from holomodal.data import load_dataset
+
+        options = {"image_size": args.image_size} if args.image_size is not None else {}
+        bundle = load_dataset(args.name, root=args.root, **options)
+        schema, frame, name = bundle.schema, bundle.frame, bundle.name
+    else:
+        raise HolomodalError("'holomodal data cache' needs a data set name, or --schema and --table for your own files")
+    columns = schema.of(Modality.IMAGE)
+    if not columns:
+        raise HolomodalError(f"'{name}' has no image column: nothing to cache")
+    for column in columns:
+        proc = ImageProcessor(column, on_unreadable="missing")
+        with Progress(transient=True) as bar:
+            task = bar.add_task(f"decoding {column.name}", total=int(frame[column.name].notna().sum()))
+            counts = proc.build_cache(frame, progress=lambda n: bar.advance(task, n))
+        print(f"{name} column '{column.name}' ({proc.channels}x{proc.size}x{proc.size}): {counts['added']} image(s) added, "
+              f"{counts['cached']} already cached, {counts['failed']} unreadable or missing")
+    print(f"cache folder: {cache_root()}")
+    return 0
+
+
 def _prepare(args: argparse.Namespace) -> int:
     if args.name not in PREPARERS:
         raise HolomodalError(f"'holomodal data prepare' knows {', '.join(PREPARERS)}, not '{args.name}'")
@@ -149,7 +189,7 @@ def _prepare(args: argparse.Namespace) -> int:
         raise HolomodalError("'holomodal data prepare dvm' needs --root (the DVM-Car release) and --out (a new folder)")
     from holomodal.data.dvm import prepare_dvm
 
-    summary = prepare_dvm(args.root, args.out, min_adverts=args.min_adverts, image_size=args.image_size)
+    summary = prepare_dvm(args.root, args.out, min_adverts=args.min_adverts, image_size=args.image_size or 128)
     print(", ".join(f"{k} {v}" for k, v in summary["splits"].items()) + f"; {summary['classes']} classes")
     if not summary["physical_dimensions"]:
         print("note: 'Ad_table (extra).csv' was not found, so Wheelbase/Height/Width/Length are left out")
@@ -236,13 +276,15 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--rows", type=int, default=16, help="rows used to trace and check")
     exp.set_defaults(func=cmd_export)
 
-    data = sub.add_parser("data", help="list, describe or check the bundled data sets; prepare a public one")
-    data.add_argument("action", choices=["list", "describe", "check", "prepare"])
+    data = sub.add_parser("data", help="list, describe or check the bundled data sets; prepare a public one; cache images")
+    data.add_argument("action", choices=["list", "describe", "check", "prepare", "cache"])
     data.add_argument("name", nargs="?")
     data.add_argument("--root", help="data folder (default $HOLOMODAL_DATA or ../shared/data); for prepare, the downloaded release")
     data.add_argument("--out", help="prepare: a new folder for the tables and schema")
     data.add_argument("--min-adverts", type=int, default=100, help="prepare dvm: adverts a car model needs to be a class")
-    data.add_argument("--image-size", type=int, default=128, help="prepare: image side written into the schema")
+    data.add_argument("--image-size", type=int, default=None, help="prepare: image side written into the schema (128); cache: the loader's image size")
+    data.add_argument("--schema", help="cache: the schema file of your own data")
+    data.add_argument("--table", action="append", help="cache: a CSV/parquet table of your own data (repeatable)")
     data.set_defaults(func=cmd_data)
     return parser
 

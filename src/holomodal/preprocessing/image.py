@@ -17,6 +17,7 @@ import torch
 from PIL import Image, ImageOps
 
 from holomodal.errors import DataError
+from holomodal.preprocessing.image_cache import CACHE_ENV, ImageCache, cache_root, file_key
 from holomodal.schema import Column
 
 
@@ -30,6 +31,14 @@ class ImageProcessor:
         self.mean_: list[float] = [0.0] * self.channels
         self.std_: list[float] = [1.0] * self.channels
 
+    def _path(self, value: Any) -> Path | None:
+        """The file a cell names (relative paths under the column's ``root``), or None."""
+        if value is None or isinstance(value, np.ndarray) or (isinstance(value, float) and np.isnan(value)):
+            return None
+        path = Path(value)
+        root = self.column.options.get("root")
+        return Path(root) / path if root and not path.is_absolute() else path
+
     def _load_one(self, value: Any) -> np.ndarray | None:
         """uint8 (C, S, S), or None when the cell is empty."""
         if value is None or (isinstance(value, float) and np.isnan(value)):
@@ -37,17 +46,29 @@ class ImageProcessor:
         if isinstance(value, np.ndarray):
             img = Image.fromarray(np.asarray(value, dtype=np.uint8))
         else:
-            path = Path(value)
-            root = self.column.options.get("root")
-            if root and not path.is_absolute():
-                path = Path(root) / path
-            with Image.open(path) as opened:
+            with Image.open(self._path(value)) as opened:
                 img = opened.convert("L" if self.channels == 1 else "RGB")
         img = img.convert("L" if self.channels == 1 else "RGB")
         if img.size != (self.size, self.size):
             img = ImageOps.fit(img, (self.size, self.size), Image.Resampling.BILINEAR)
         arr = np.asarray(img, dtype=np.uint8)
         return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+    # ---- the pre-decoded cache (holomodal data cache) ------------------------------------------
+    def _cache(self) -> ImageCache | None:
+        root = cache_root()
+        if root is None or self.column.options.get("cache") is False:
+            return None
+        cache = ImageCache(root, self.channels, self.size)
+        return cache if (cache.folder / "index.json").exists() else None
+
+    def build_cache(self, df: pd.DataFrame, progress: Any = None) -> dict[str, int]:
+        """Decode this column's files in ``df`` into the cache (those not cached yet)."""
+        root = cache_root()
+        if root is None:
+            raise DataError(f"the image cache is switched off (${CACHE_ENV}); set it to a folder to build one")
+        paths = [p for p in map(self._path, df[self.column.name].tolist()) if p is not None]
+        return ImageCache(root, self.channels, self.size).add(paths, self._load_one, progress)
 
     def _load_checked(self, item: tuple[int, Any]) -> tuple[np.ndarray | None, str | None]:
         row, value = item
@@ -58,12 +79,23 @@ class ImageProcessor:
 
     def decode(self, df: pd.DataFrame, summary: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         values = df[self.column.name].tolist()
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            results = list(pool.map(self._load_checked, zip(df.index.tolist(), values)))
         pixels = np.zeros((len(values), self.channels, self.size, self.size), dtype=np.uint8)
         present = np.zeros(len(values), dtype=bool)
+        todo = list(range(len(values)))
+        cache = self._cache()
+        if cache is not None:
+            paths = [self._path(v) for v in values]
+            rows, found = cache.lookup([file_key(p) if p is not None else None for p in paths])
+            if found.any():
+                pixels[found] = cache.gather(rows[found])
+                present[found] = True
+                todo = np.flatnonzero(~found).tolist()
+                summary.setdefault("cached_images", {})[self.column.name] = int(found.sum())
+        index = df.index.tolist()
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            results = dict(zip(todo, pool.map(self._load_checked, [(index[i], values[i]) for i in todo])))
         failures = []
-        for i, (arr, error) in enumerate(results):
+        for i, (arr, error) in results.items():
             if error:
                 failures.append(error)
             elif arr is not None:
