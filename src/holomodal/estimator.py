@@ -239,8 +239,8 @@ class Classifier:
         if rank == 0:
             check_run_dir(run_dir, resume=resume)
         L.seed_everything(self.seed, workers=True, verbose=False)
-        # a resumed run reuses the preprocessing its checkpoint was trained with: refitting
-        # could differ (tokenizers' WordPiece training is not deterministic across processes)
+        # a resumed run reuses the preprocessing its checkpoint was trained with, rather than
+        # trusting a refit (on other library versions, say) to give the same encoding
         saved = Path(self.run_dir) / "preprocessor.json" if resume and self.run_dir else None
         if saved is not None and saved.exists():
             self.preprocessor_ = Preprocessor.from_state(json.loads(saved.read_text()))

@@ -39,19 +39,32 @@ class TextProcessor:
             from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
             texts, present = _texts(df[self.column.name])
+            texts = [t for t, ok in zip(texts, present) if ok]
+            specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
             tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
             tok.normalizer = normalizers.BertNormalizer(lowercase=True)
             tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-            trainer = trainers.WordPieceTrainer(
-                vocab_size=self.vocab_size, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
-            )
-            tok.train_from_iterator([t for t, ok in zip(texts, present) if ok], trainer=trainer)
-            # the trainer finds the same vocabulary in every process but numbers it in a
-            # hash-dependent order (huggingface/tokenizers#1794): renumber it canonically so
-            # the same data and seed always give the same token ids
-            specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+            # The trainer numbers the "##x" continuation pieces in hash-map order, which
+            # differs per process, and breaks ties between equally frequent merges by those
+            # numbers, so the same data could give another vocabulary in another process
+            # (huggingface/tokenizers#1794). Declaring every continuation piece up front, in
+            # sorted order, fixes their numbers and so every tie-break.
+            continuations = sorted({
+                "##" + ch
+                for text in texts
+                for word, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(text))
+                for ch in word[1:]
+            })
+            trainer = trainers.WordPieceTrainer(vocab_size=self.vocab_size, special_tokens=specials + continuations)
+            tok.train_from_iterator(texts, trainer=trainer)
+            # a fresh tokenizer: the continuation pieces are ordinary vocabulary, not special
+            # tokens to be cut out of raw text; ids renumbered canonically
             ordered = specials + sorted(t for t in tok.get_vocab() if t not in specials)
-            tok.model = models.WordPiece(vocab={t: i for i, t in enumerate(ordered)}, unk_token="[UNK]")
+            trained = tok
+            tok = Tokenizer(models.WordPiece(vocab={t: i for i, t in enumerate(ordered)}, unk_token="[UNK]"))
+            tok.normalizer = trained.normalizer
+            tok.pre_tokenizer = trained.pre_tokenizer
+            tok.add_special_tokens(specials)
             self.tokenizer_json_ = tok.to_str()
             self._tokenizer = tok
         return self
