@@ -345,11 +345,12 @@ def main() -> None:
     parser.add_argument("--reference-workers", type=int, default=min(8, os.cpu_count() or 1))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="tiny shapes and few steps: checks that the script runs")
-    parser.add_argument("--out", default="benchmarks/results/throughput.json")
+    parser.add_argument("--out", help="JSON file (default benchmarks/results/throughput[-quick].json)")
     args = parser.parse_args()
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, value)
+    args.out = args.out or f"benchmarks/results/throughput{'-quick' if args.quick else ''}.json"
     workloads = [w for w in args.workloads.split(",") if w]
     unknown = sorted(set(workloads) - set(WORKLOADS))
     if unknown:
