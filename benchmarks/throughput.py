@@ -45,6 +45,8 @@ DVM_CONTINUOUS = ["Wheelbase", "Height", "Width", "Length", "Adv_year", "Adv_mon
                   "Price", "Seat_num", "Door_num", "Entry_price", "Engine_size"]
 DVM_CLASSES = 286
 WORKLOADS = ("tip_pretrain", "tip_finetune", "late_fusion")
+# TIP's device-side image augmentation per workload (late fusion trains on the images as they are)
+AUGMENT = {"tip_pretrain": {"preset": "natural", "rate": 0.95}, "tip_finetune": {"preset": "natural_finetune", "rate": 0.8}}
 QUICK = {"image_model": "test_resnet", "image_size": 32, "batch_size": 8, "rows": 48, "steps": 3, "warmup": 1,
          "dim": 16, "depth": 1, "heads": 2, "reference_workers": 0}
 
@@ -97,12 +99,12 @@ def build_module(workload: str, pre: Any, schema: Any, args: argparse.Namespace,
     optim = {"name": "adam", "lr": 3e-4, "weight_decay": 1.5e-6}
     if workload == "tip_pretrain":
         model = {"encoders": {"image": image, "tabular": tabular}, "interaction": interaction,
-                 "augment": {"preset": "natural", "rate": 0.95}}
+                 "augment": AUGMENT[workload]}
         return TIPPretraining(pre.input_specs, types, model=model, optim=optim)
     context = ModelContext(pre.input_specs, types, pre.num_classes, "multiclass", list(pre.classes_))
     if workload == "tip_finetune":
         return create_method("tip", context, finetune="full", encoders={"image": image, "tabular": tabular},
-                             interaction=interaction, finetune_augment={"preset": "natural_finetune", "rate": 0.8}, optim=optim)
+                             interaction=interaction, finetune_augment=AUGMENT[workload], optim=optim)
     return create_method("late_fusion", context, encoders={"image": image, "tabular": tabular}, optim=optim)
 
 
@@ -139,7 +141,7 @@ class PerSampleDataset(torch.utils.data.Dataset):
             self.augment = None
         else:
             pretrain = workload == "tip_pretrain"
-            self.rate = 0.95 if pretrain else 0.8
+            self.rate = AUGMENT[workload]["rate"]
             self.corrupt = 0.3
             self.augment = v2.Compose([
                 v2.RandomApply([v2.ColorJitter(0.8, 0.8, 0.8)], p=0.8),
@@ -298,8 +300,7 @@ def measure_pipeline(workload: str, train: Any, args: argparse.Namespace, device
     from holomodal.augment import build_image_augmentation, marginal_corruption
     from holomodal.loading import make_loader
 
-    preset = {"tip_pretrain": {"preset": "natural", "rate": 0.95}, "tip_finetune": {"preset": "natural_finetune", "rate": 0.8}}
-    augment = build_image_augmentation(preset.get(workload))
+    augment = build_image_augmentation(AUGMENT.get(workload))
     image = next(m for m in train.inputs if m != "tabular")
     loader = make_loader(train, args.batch_size, shuffle=True, drop_last=True)
     total = max(args.warmup + args.steps, 4 * args.steps)  # the pipeline is fast: time more batches

@@ -25,11 +25,11 @@ import pandas as pd
 import torch
 
 from holomodal.batch import Batch
+from holomodal.compilation import compile_callbacks
 from holomodal.config import to_container
 from holomodal.errors import ConfigError, DataError
 from holomodal.loading import make_loader
 from holomodal.preprocessing import Preprocessor
-from holomodal.compilation import compile_callbacks
 from holomodal.runs import check_run_dir, default_run_dir, prepare_run_dir, write_json, write_text
 from holomodal.schema import Column, Modality, Schema
 

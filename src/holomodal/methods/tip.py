@@ -39,7 +39,7 @@ from holomodal.fusion.cross_attention import CrossAttentionFusion
 from holomodal.losses import ImageTabularContrastiveLoss, ImageTabularMatching, MaskedTabularReconstructionLoss
 from holomodal.losses.itm import sample_hard_negatives
 from holomodal.methods import register_method
-from holomodal.methods.base import ClassificationMethod, ModelContext
+from holomodal.methods.base import ClassificationMethod, ModelContext, build_optimizer
 
 TABULAR = "tabular"
 TIP_LOSSES = ("itc", "itm", "mtr")
@@ -165,17 +165,6 @@ def backbone_state(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
 
 
-def _optimizer(params: Any, cfg: dict[str, Any]) -> torch.optim.Optimizer:
-    name = cfg.pop("name", "adam").lower()
-    # one fused kernel per step instead of one launch per parameter tensor
-    fused = {"fused": True} if torch.cuda.is_available() else {}
-    if name == "adam":
-        return torch.optim.Adam(params, **cfg, **fused)
-    if name == "adamw":
-        return torch.optim.AdamW(params, **cfg, **fused)
-    raise ConfigError(f"tip pre-training optimiser must be adam or adamw, not '{name}'")
-
-
 def warmup_cosine(epoch: int, warmup: int, total: int) -> float:
     """LR factor: linear warm-up over ``warmup`` epochs, then cosine to 0 at ``total``.
 
@@ -296,7 +285,7 @@ class TIPPretraining(L.LightningModule):
         cfg = dict(self.optim_cfg)
         scheduler = cfg.pop("scheduler", "warmup_cosine")
         warmup = int(cfg.pop("warmup_epochs", 10))
-        opt = _optimizer(self.parameters(), cfg)
+        opt = build_optimizer(self.parameters(), **cfg)
         if scheduler in (None, "none") or self.trainer is None or not self.trainer.max_epochs:
             return opt
         if scheduler != "warmup_cosine":
