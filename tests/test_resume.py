@@ -2,6 +2,7 @@
 written atomically; optional loggers fail clearly."""
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -138,3 +139,201 @@ def test_mlflow_logger_logs_beside_csv_and_tensorboard(covid, tmp_path):
         mlflow.set_tracking_uri(f"sqlite:///{run / 'mlflow.db'}")
         logged = mlflow.search_runs(search_all_experiments=True)
         assert "metrics.val/loss" in logged.columns and logged["tags.mlflow.runName"].tolist() == ["run"]
+
+
+# ---- the final save is atomic; --resume repairs (issue 10, items 3 and 8) ----------------------
+import errno
+import shutil
+import textwrap
+
+import numpy as np
+
+from holomodal.errors import HolomodalError
+from holomodal.runs import DiskFullError, write_json
+from holomodal.safe_load import DamagedFileError
+
+
+def _test_rows(config):
+    return pd.read_parquet(config / "test.parquet")
+
+
+@pytest.fixture(scope="module")
+def quick(config):
+    """A two-epoch variant of the tiny config (48 rows), and one finished run of it."""
+    cfg = OmegaConf.load(config / "tiny.yaml")
+    cfg.trainer.max_epochs, cfg.trainer.limit_train_batches = 2, 3
+    path = config / "quick.yaml"
+    OmegaConf.save(cfg, path)
+    finished = config / "finished"
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        assert main(["train", "-c", str(path), f"run.dir={finished}"]) == 0
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+    return path, finished
+
+
+def _copy(run, tmp_path):
+    target = tmp_path / run.name
+    shutil.copytree(run, target)
+    return target
+
+
+def _resume(run, *overrides):
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        return main(["train", "--resume", str(run), *overrides])
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _proba(run, rows):
+    return Classifier.load(run / "model").predict_proba(rows)
+
+
+def test_damaged_model_files_are_named_and_resume_remakes_them(quick, config, tmp_path, capsys):
+    _, finished = quick
+    rows = _test_rows(config)
+    expected = _proba(finished, rows)
+    for name in ("model.safetensors", "predictor.json"):
+        run = _copy(finished, tmp_path / name)
+        file = run / "model" / name
+        file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])  # as a kill or a full disk would leave it
+        with pytest.raises(DamagedFileError, match=f"damaged file {re.escape(str(file))}: "):
+            Classifier.load(run / "model")
+        assert main(["predict", str(run), str(config / "test.parquet"), "--out", str(tmp_path / "p.parquet")]) == 2
+        err = capsys.readouterr().err
+        assert f"error: damaged file {file}" in err and "Traceback" not in err
+        assert _resume(run) == 0
+        assert float(np.abs(_proba(run, rows) - expected).max()) <= 1e-6
+    # a model/ that is gone altogether is made again too
+    run = _copy(finished, tmp_path / "gone")
+    shutil.rmtree(run / "model")
+    assert _resume(run) == 0
+    assert float(np.abs(_proba(run, rows) - expected).max()) <= 1e-6
+
+
+def test_damaged_last_checkpoint_is_named_with_the_way_out(quick, tmp_path, capsys):
+    run = _copy(quick[1], tmp_path)
+    last = run / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert _resume(run) == 2
+    err = capsys.readouterr().err
+    assert f"error: damaged file {last}: " in err and "best.ckpt" in err and "Traceback" not in err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # nothing changed
+
+
+def test_resume_from_best_checkpoint_alone(quick, config, tmp_path):
+    run = _copy(quick[1], tmp_path)
+    (run / "checkpoints" / "last.ckpt").unlink()  # e.g. the disk filled at the first last.ckpt
+    shutil.rmtree(run / "model")
+    assert _resume(run) == 0
+    rows = _test_rows(config)
+    assert float(np.abs(_proba(run, rows) - _proba(quick[1], rows)).max()) <= 1e-6
+
+
+def test_finished_run_resumed_with_more_epochs_trains_on(quick, tmp_path):
+    run = _copy(quick[1], tmp_path)
+    assert _epoch(run / "checkpoints" / "last.ckpt") == 1
+    assert _resume(run, "trainer.max_epochs=3") == 0
+    assert _epoch(run / "checkpoints" / "last.ckpt") == 2
+    assert sorted(pd.read_csv(run / "metrics.csv")["epoch"].dropna().unique()) == [0, 1, 2]
+    assert OmegaConf.load(run / "config.yaml").trainer.max_epochs == 3  # the record says what was trained
+    # resuming the finished run again trains nothing more and keeps the log
+    assert _resume(run) == 0
+    assert _epoch(run / "checkpoints" / "last.ckpt") == 2
+    assert sorted(pd.read_csv(run / "metrics.csv")["epoch"].dropna().unique()) == [0, 1, 2]
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_full_disk_while_saving_the_model_says_what_is_intact(quick, tmp_path, monkeypatch, capsys):
+    import safetensors.torch
+
+    clf = Classifier.load(quick[1] / "model")
+    monkeypatch.setattr(safetensors.torch, "save_file", _no_space)
+    with pytest.raises(DiskFullError, match="the disk is full.*Nothing was written"):
+        clf.save(tmp_path / "saved")
+    assert not (tmp_path / "saved").exists() and list(tmp_path.iterdir()) == []  # no temporary folder left
+    # the run's own model/, replaced by a resume: the one saved before stays
+    run = _copy(quick[1], tmp_path / "run")
+    before = (run / "model" / "model.safetensors").read_bytes()
+    assert _resume(run) == 2
+    err = capsys.readouterr().err
+    assert "error: the disk is full" in err and "is unchanged" in err and "Traceback" not in err
+    assert (run / "model" / "model.safetensors").read_bytes() == before
+    assert not [p for p in run.iterdir() if p.name.startswith(".model.")]
+
+
+def test_full_disk_while_checkpointing_or_writing_records(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"epoch": 0, "w": torch.ones(3)}, target)
+
+    def fills_the_disk(obj, fh, *args, **kwargs):
+        fh.write(b"PK\x03\x04 part")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", fills_the_disk)
+    with pytest.raises(DiskFullError, match="disk is full.*last.ckpt' keeps the checkpoint of an earlier epoch"):
+        io.save_checkpoint({"epoch": 1}, target)
+    monkeypatch.undo()
+    assert _epoch(target) == 0 and sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]
+
+    record = tmp_path / "metrics.json"
+    write_json(record, {"a": 1})
+    monkeypatch.setattr(os, "fsync", _no_space)
+    with pytest.raises(DiskFullError, match="metrics.json' keeps its previous version"):
+        write_json(record, {"a": 2})
+    assert json.loads(record.read_text()) == {"a": 1} and sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "metrics.json"]
+
+
+KILLED_SAVE = textwrap.dedent(
+    """
+    import pathlib, sys, time
+    import safetensors.torch
+    from holomodal.cli import main
+
+    config, run, signal = sys.argv[1:]
+    real = safetensors.torch.save_file
+
+    def stalls(tensors, filename, metadata=None):
+        real(tensors, filename, metadata)
+        path = pathlib.Path(filename)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # half the weights on disk
+        pathlib.Path(signal).touch()
+        time.sleep(600)  # killed here
+
+    safetensors.torch.save_file = stalls
+    sys.exit(main(["train", "-c", config, f"run.dir={run}"]))
+    """
+)
+
+
+def test_kill_during_final_save_then_resume_predicts_as_an_uninterrupted_run(quick, config, tmp_path):
+    path, straight = quick
+    run, signal_file, script = tmp_path / "killed", tmp_path / "saving", tmp_path / "killed_save.py"
+    script.write_text(KILLED_SAVE)
+    victim = subprocess.Popen([sys.executable, str(script), str(path), str(run), str(signal_file)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while not signal_file.exists():
+        assert victim.poll() is None, victim.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "the run never reached its final save"
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert not (run / "model").exists()  # the partial model is in a temporary folder, not in model/
+    assert [p.name for p in run.iterdir() if p.name.startswith(".model.tmp-")]
+    with pytest.raises(HolomodalError, match="no saved model.*interrupted.*--resume"):
+        Classifier.load(run / "model")
+
+    assert _resume(run) == 0
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".model.")]
+    rows = _test_rows(config)
+    worst = float(np.abs(_proba(run, rows) - _proba(straight, rows)).max())
+    print(f"killed during the final save, resumed: max abs probability difference {worst:.3e}")
+    assert worst <= 1e-6

@@ -13,12 +13,10 @@ ending in ``_`` (``preprocessor_``, ``model_``, ``plan_``, ``run_dir_``).
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import logging
 import os
-import time
-import warnings
+import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,126 +24,41 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from holomodal.batch import Batch
-from holomodal.compilation import compile_callbacks
-from holomodal.errors import ConfigError, DataError, RunFolderError
+from holomodal.errors import DataError, HolomodalError, RunFolderError
 from holomodal.loading import make_loader
 from holomodal.methods import METHODS, ClassificationMethod, ModelContext, create_method
 from holomodal.methods.base import compute_metrics
 from holomodal.missingness import MissingnessPlan
 from holomodal.preprocessing import Preprocessor
-from holomodal.runs import check_run_dir, default_run_dir, prepare_run_dir, write_json, write_text
-from holomodal.schema import Schema, Task
+from holomodal.runs import (
+    check_run_dir, claim_run_dir, default_run_dir, install_folder, jsonable, resume_checkpoint, stale_staging,
+    staging_folder, write_bytes_durably, writing,
+)
+from holomodal.safe_load import (
+    DamagedFileError, check_checkpoint, load_checkpoint, load_safetensors, read_json, require_keys,
+)
+from holomodal.schema import Schema, Task, row_list
+from holomodal.training import (  # noqa: F401  (AtomicCheckpointIO, EpochSeed, KNOWN_LOGGERS: public here too)
+    DEFAULT_TRAINER, KNOWN_LOGGERS, AtomicCheckpointIO, EpochSeed, auto_precision, build_trainer, check_loggers,
+    merge_log, read_log, run_fit, update_records, write_records,
+)
 
 FORMAT_VERSION = 1
 RUN_DIR_ENV = "HOLOMODAL_RUN_DIR"
+MODEL_DIR = "model"
 log = logging.getLogger("holomodal")
 
-DEFAULT_TRAINER = {
-    "max_epochs": 10, "accelerator": "auto", "devices": "auto", "strategy": "auto", "num_nodes": 1,
-    "precision": "auto", "gradient_clip_val": None, "deterministic": False, "log_every_n_steps": 10,
-    "limit_train_batches": None, "enable_progress_bar": True,
-}
+# the names these had before holomodal.training existed (holomodal.config_check imports them)
+_check_loggers = check_loggers
+_auto_precision = auto_precision
 
 
-class EpochSeed(Callback):
-    """Re-seeds every epoch from (seed, epoch), so dropout and augmentation in an epoch do not
-    depend on whether the run was resumed before it."""
-
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        L.seed_everything(self.seed * 1_000_003 + trainer.current_epoch, verbose=False)
-
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
-        # a resumed run draws from the global generator between epoch start and its first step
-        # (Lightning's restart, the loader's base seed) where a fresh run does not: seeding
-        # every step from (seed, epoch, batch) keeps its dropout masks those of a fresh run
-        state = np.random.SeedSequence([self.seed, trainer.current_epoch, batch_idx]).generate_state(1)[0]
-        L.seed_everything(int(state), verbose=False)
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints written to a temporary file in the target's folder, then renamed over the
-    target: ``os.replace`` is atomic within one file system, so a process killed at any
-    moment leaves the previous checkpoint or the new one, never a truncated file that
-    ``--resume`` would choke on."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
-        if storage_options is not None:
-            raise TypeError(f"{type(self).__name__} takes no storage_options")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # the pid keeps two writers (e.g. a stale process) from sharing one temporary file
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as fh:
-                torch.save(checkpoint, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-
-
-class _TestStepDelay(Callback):
-    """Test hook only: sleeps after every training batch, so that a test can kill a run in
-    the middle of an epoch. Enabled by the environment variable HOLOMODAL_TEST_STEP_DELAY
-    (seconds); never set in normal use."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-
-    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
-        time.sleep(self.seconds)
-
-
-KNOWN_LOGGERS = ("csv", "tensorboard", "mlflow")
-
-
-def _check_loggers(names: Sequence[str]) -> None:
-    """Fail before the run folder is touched when a logger cannot be made."""
-    for name in names:
-        if name not in KNOWN_LOGGERS:
-            raise ConfigError(f"unknown logger '{name}' in run.loggers (known: {', '.join(KNOWN_LOGGERS)})")
-        # mlflow is optional: holomodal never installs it, so say which package is missing
-        if name == "mlflow" and importlib.util.find_spec("mlflow") is None:
-            raise ConfigError(
-                "run.loggers includes 'mlflow' but the Python package 'mlflow' is not installed: "
-                "`pip install mlflow`, or remove mlflow from run.loggers"
-            )
-        if name == "mlflow" and not os.environ.get("MLFLOW_TRACKING_URI") and importlib.util.find_spec("sqlalchemy") is None:
-            raise ConfigError(
-                "run.loggers includes 'mlflow' without MLFLOW_TRACKING_URI, so it logs to a database in the run "
-                "folder, which needs the package 'sqlalchemy' (`pip install mlflow`, not mlflow-skinny), "
-                "or set MLFLOW_TRACKING_URI to a tracking server"
-            )
-
-
-def _read_log(path: Path) -> pd.DataFrame | None:
-    return pd.read_csv(path) if path.exists() and path.stat().st_size else None
-
-
-def _merge_log(path: Path, earlier: pd.DataFrame) -> None:
-    """Put the epochs logged before a resume back in front of the resumed run's log; rows of
-    the interrupted epoch are dropped, as the resumed run logged that epoch again."""
-    later = _read_log(path)
-    if later is None or "epoch" not in later or "epoch" not in earlier:
-        return
-    kept = earlier[earlier["epoch"] < later["epoch"].min()]
-    write_text(path, pd.concat([kept, later], ignore_index=True).to_csv(index=False))
-
-
-def _auto_precision() -> str:
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16-mixed"
-    return "32-true"
+def _rebuild_error(path: Path, exc: BaseException) -> DamagedFileError:
+    text = str(exc).strip().splitlines()
+    return DamagedFileError(path, f"cannot rebuild the model it describes ({type(exc).__name__}: {text[0] if text else ''})")
 
 
 class Classifier:
@@ -221,12 +134,17 @@ class Classifier:
         record: dict[str, Any] | None = None,
     ) -> "Classifier":
         """Fit on ``train`` (model selection on ``val``). ``record`` maps file names to
-        data written into the run folder (YAML for ``.yaml``, else JSON)."""
+        data written into the run folder (YAML for ``.yaml``, else JSON).
+
+        ``resume`` continues the run in ``run_dir`` from ``checkpoints/last.ckpt`` (or
+        ``best.ckpt`` when there is no ``last.ckpt``): an interrupted run, or a finished one
+        given a larger ``trainer.max_epochs``."""
         # everything that can fail on the user's data runs before the run folder is touched
-        _check_loggers(self.loggers)
+        check_loggers(self.loggers)
         self.schema.validate(train, allow_extra=True)
         if val is not None:
             self.schema.validate(val, allow_extra=True)
+        Preprocessor(self.schema).check_labels(train, val=val)
         # under DDP every process runs fit(); only global rank 0 owns the run folder, and the
         # processes it launches inherit the folder's name through the environment
         rank = int(getattr(rank_zero_only, "rank", 0))
@@ -238,12 +156,19 @@ class Classifier:
             run_dir = default_run_dir(self.data_name, self.method)
         if rank == 0:
             check_run_dir(run_dir, resume=resume)
+        start_from = self._resume_checkpoint(run_dir) if resume else None
         L.seed_everything(self.seed, workers=True, verbose=False)
         # a resumed run reuses the preprocessing its checkpoint was trained with, rather than
         # trusting a refit (on other library versions, say) to give the same encoding
-        saved = Path(self.run_dir) / "preprocessor.json" if resume and self.run_dir else None
+        saved = run_dir / "preprocessor.json" if resume else None
         if saved is not None and saved.exists():
-            self.preprocessor_ = Preprocessor.from_state(json.loads(saved.read_text()))
+            state = read_json(saved, "preprocessing record")
+            try:
+                self.preprocessor_ = Preprocessor.from_state(state)
+            except HolomodalError:
+                raise
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+                raise _rebuild_error(saved, exc) from None
         else:
             self.preprocessor_ = Preprocessor(self.schema).fit(train)
         # a method starting from pre-trained weights must see the data encoded as in pre-training
@@ -258,90 +183,74 @@ class Classifier:
         val_batch, val_summary = (None, None) if val is None else self._encode(val, "val", self.plan_)
         self.model_ = self._build_model()
 
+        pending: dict[str, str] = {}
         if rank != 0:
             self.run_dir_ = run_dir
         else:
-            self.run_dir_ = prepare_run_dir(run_dir, resume=resume)
+            # one atomic create-or-fail step: of two processes given one run.dir, one wins
+            self.claim_ = claim_run_dir(run_dir, resume=resume)
+            self.run_dir_ = self.claim_.path
             os.environ[RUN_DIR_ENV] = str(self.run_dir_)
-            self._write_run_record(record, train_summary, val_summary, resume)
+            pending = self._write_run_record(record, train_summary, val_summary, resume)
 
         # Lightning's CSV logger deletes an existing metrics.csv: keep the resumed run's history
-        earlier_log = _read_log(self.run_dir_ / "metrics.csv") if resume else None
+        earlier_log = read_log(self.run_dir_ / "metrics.csv") if resume and rank == 0 else None
         trainer = self._make_trainer(has_val=val_batch is not None)
         train_loader = make_loader(train_batch, self.batch_size, shuffle=True, seed=self.seed, drop_last=True)
         val_loader = None if val_batch is None else make_loader(val_batch, self.batch_size * 2, shuffle=False)
-        ckpt = str(self.run_dir_ / "checkpoints" / "last.ckpt") if resume else None
-        trainer.fit(self.model_, train_loader, val_loader, ckpt_path=ckpt)
-        if earlier_log is not None and rank == 0:
-            _merge_log(self.run_dir_ / "metrics.csv", earlier_log)
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        if best:
-            state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-            self.model_.load_state_dict(state)
+        run_fit(trainer, self.model_, train_loader, val_loader, self.run_dir_, start_from)
+        if rank == 0:
+            if earlier_log is not None:
+                merge_log(self.run_dir_ / "metrics.csv", earlier_log)
+            update_records(self.run_dir_, pending)
+        # the best epoch's weights, from the fixed file name: a run folder that was moved
+        # before a resume still finds them (the checkpoint callback remembers the old path)
+        best = self.run_dir_ / "checkpoints" / "best.ckpt"
+        if best.exists():
+            self.model_.load_state_dict(self._checkpoint_weights(best))
         self.model_.eval()
-        self.best_checkpoint_ = best
+        self.best_checkpoint_ = str(best) if best.exists() else ""
         return self
 
-    def _write_run_record(self, record: dict[str, Any] | None, train_summary: dict, val_summary: dict | None, resume: bool) -> None:
-        for name, content in (record or {}).items():
-            if resume and (self.run_dir_ / name).exists():
-                continue  # the run's original record stays as written
-            if name.endswith(".yaml"):
-                from omegaconf import OmegaConf
+    @staticmethod
+    def _resume_checkpoint(run_dir: Path) -> Path:
+        start_from = resume_checkpoint(run_dir)
+        if start_from is None:
+            raise RunFolderError(f"cannot resume: no checkpoint at '{run_dir / 'checkpoints' / 'last.ckpt'}' (nor best.ckpt)")
+        best = start_from.with_name("best.ckpt")
+        try:
+            check_checkpoint(start_from)  # damaged or foreign: refused before any work
+        except DamagedFileError as exc:
+            if start_from != best and best.exists():
+                raise DamagedFileError(exc.path, f"{str(exc).split(': ', 1)[1]}; the run also holds '{best}': "
+                                                 "delete the damaged file to resume from that one") from None
+            raise
+        return start_from
 
-                write_text(self.run_dir_ / name, OmegaConf.to_yaml(OmegaConf.create(content)))
-            else:
-                write_json(self.run_dir_ / name, content)
-        write_json(self.run_dir_ / "schema.json", self.schema.to_dict())
+    @staticmethod
+    def _checkpoint_weights(path: Path) -> dict[str, torch.Tensor]:
+        ckpt = load_checkpoint(path)
+        state = ckpt.get("state_dict")
+        if not isinstance(state, dict):
+            raise DamagedFileError(path, "it holds no model weights ('state_dict')")
+        return state
+
+    def _write_run_record(self, record: dict[str, Any] | None, train_summary: dict, val_summary: dict | None,
+                          resume: bool) -> dict[str, str]:
+        pending = write_records(self.run_dir_, record, resume=resume)
+        records = {"schema.json": self.schema.to_dict(), "missingness.json": self.plan_.to_dict(),
+                   "data_summary.json": {"train": train_summary, "val": val_summary}}
         if not (resume and (self.run_dir_ / "preprocessor.json").exists()):
-            write_json(self.run_dir_ / "preprocessor.json", self.preprocessor_.state_dict())
-        write_json(self.run_dir_ / "missingness.json", self.plan_.to_dict())
-        write_json(self.run_dir_ / "data_summary.json", {"train": train_summary, "val": val_summary})
+            records["preprocessor.json"] = self.preprocessor_.state_dict()
+        write_records(self.run_dir_, records, resume=False)
+        return pending
 
-    def _make_trainer(self, has_val: bool):
-        from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
-        from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger
-
-        # the CSV log shares the run folder with the run's record on purpose (its history is
-        # merged back on resume), so Lightning's "folder is not empty" notice is noise here
-        warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
-        cfg = {k: v for k, v in self.trainer.items() if v is not None}
-        if cfg.get("precision") == "auto":
-            cfg["precision"] = _auto_precision()
-        _check_loggers(self.loggers)
-        loggers = []
-        for name in self.loggers:
-            if name == "csv":
-                loggers.append(CSVLogger(self.run_dir_, name="", version=""))
-            elif name == "tensorboard":
-                loggers.append(TensorBoardLogger(self.run_dir_, name="tensorboard", version=""))
-            elif name == "mlflow":
-                # MLFLOW_TRACKING_URI (a server) wins; else a database in the run folder, as
-                # mlflow 3 refuses its old ./mlruns file store
-                uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(self.run_dir_ / 'mlflow.db').resolve()}"
-                loggers.append(MLFlowLogger(
-                    experiment_name=self.data_name or "holomodal", run_name=self.run_dir_.name, tracking_uri=uri,
-                    artifact_location=(self.run_dir_ / "mlartifacts").resolve().as_uri(),
-                ))
-        callbacks = [
-            *compile_callbacks(self.compile),
-            EpochSeed(self.seed),
-            ModelCheckpoint(
-                dirpath=self.run_dir_ / "checkpoints",
-                filename="best",
-                monitor=self.monitor_metric if has_val else None,
-                mode="max",
-                save_last=True,
-                enable_version_counter=False,
-            )
-        ]
-        if cfg.get("enable_progress_bar", True):
-            callbacks.append(RichProgressBar(leave=True))
-        if os.environ.get("HOLOMODAL_TEST_STEP_DELAY"):
-            callbacks.append(_TestStepDelay(float(os.environ["HOLOMODAL_TEST_STEP_DELAY"])))
-        return L.Trainer(
-            default_root_dir=self.run_dir_, logger=loggers or False, callbacks=callbacks,
-            plugins=[AtomicCheckpointIO()], enable_model_summary=False, **cfg,
+    def _make_trainer(self, has_val: bool) -> L.Trainer:
+        monitor = self.monitor_metric if has_val else None
+        return build_trainer(
+            self.run_dir_, self.trainer, seed=self.seed, loggers=self.loggers, experiment=self.data_name,
+            compile=self.compile, monitor=monitor, mode="max",
+            checkpoint={"filename": "best", "monitor": monitor, "mode": "max"},
         )
 
     # ---- inference ---------------------------------------------------------------------
@@ -354,7 +263,13 @@ class Classifier:
         model = self.model_.eval()
         device = next(model.parameters()).device
         out = [model.probabilities(model(part.to(device))).float().cpu() for part in make_loader(batch, 512, shuffle=False)]
-        return torch.cat(out).numpy()
+        probs = torch.cat(out).numpy()
+        # inputs are validated, so this means diverged weights: no prediction or metric is made of it
+        bad = ~np.isfinite(probs).all(axis=1)
+        if bad.any():
+            raise DataError(f"the model gave non-finite probabilities for the row(s) at position(s) "
+                            f"{row_list(np.flatnonzero(bad))}: its weights hold NaN or inf (a diverged training run)")
+        return probs
 
     def predict_proba(self, df: pd.DataFrame, missing: Sequence[str | dict] | None = None, split: str = "test") -> np.ndarray:
         """Class probabilities (rows x classes); rows may have missing cells and files."""
@@ -380,22 +295,36 @@ class Classifier:
         return plan
 
     def evaluate(self, df: pd.DataFrame, missing: Sequence[str | dict] | None = None, split: str = "test") -> dict[str, float]:
-        """Metrics (torchmetrics) on a labelled table, optionally under synthetic missingness."""
+        """Metrics (torchmetrics) on a labelled table, optionally under synthetic missingness.
+
+        A metric the table's labels cannot define (AUROC with one class present, say) is NaN,
+        its reason in the result's ``undefined`` mapping and an ``UndefinedMetricWarning``."""
         self._check_fitted()
         batch, _ = self._encode(df, split, self._plan_for(missing))
         probs = torch.from_numpy(self._probabilities(batch))
-        return compute_metrics(self.schema.task.value, self.preprocessor_.num_classes, probs, batch.target)
+        return compute_metrics(self.schema.task.value, self.preprocessor_.num_classes, probs, batch.target,
+                               class_names=self.preprocessor_.classes_)
 
     # ---- persistence -------------------------------------------------------------------
+    def _own_model_dir(self, path: Path) -> bool:
+        """``path`` is the model folder of the run this object trained (and holds the claim of)."""
+        run = getattr(self, "run_dir_", None)
+        return run is not None and path.resolve() == (Path(run) / MODEL_DIR).resolve()
+
     def save(self, path: str | Path) -> Path:
-        """A folder with JSON (config, preprocessing, masks' plan) and safetensors weights."""
+        """A folder with JSON (config, preprocessing, masks' plan) and safetensors weights.
+
+        Written whole into a temporary folder beside ``path``, flushed to the disk and renamed
+        into place, so a kill or a full disk never leaves a partial model. A folder that holds
+        files is not overwritten, except the ``model/`` of the run this object trained, which
+        is replaced (a resume re-makes a damaged one)."""
         from safetensors.torch import save_file
 
         self._check_fitted()
         path = Path(path)
-        if path.exists() and any(path.iterdir()):
+        own = self._own_model_dir(path)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())) and not own:
             raise RunFolderError(f"will not overwrite '{path}': it already holds files")
-        path.mkdir(parents=True, exist_ok=True)
         meta = {
             "format_version": FORMAT_VERSION,
             "params": self.get_params(),
@@ -403,27 +332,65 @@ class Classifier:
             "preprocessor": self.preprocessor_.state_dict(),
             "missingness": self.plan_.to_dict(),
         }
-        write_json(path / "predictor.json", meta)
+        text = json.dumps(meta, indent=2, default=jsonable).encode()
         state = {k: v.detach().cpu().contiguous() for k, v in self.model_.state_dict().items()}
-        save_file(state, str(path / "model.safetensors"))
+        if own:  # what a killed save of this run left behind
+            for stale in stale_staging(path):
+                shutil.rmtree(stale, ignore_errors=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            intact = f"the model saved before in '{path}' is unchanged"
+        elif own:
+            intact = (f"no model/ was written; the run's checkpoints are intact, and "
+                      f"`holomodal train --resume {path.parent}` makes model/ from them")
+        else:
+            intact = f"nothing was written to '{path}'"
+        tmp = None
+        try:
+            with writing(path, intact):
+                tmp = staging_folder(path)
+                write_bytes_durably(tmp / "predictor.json", text)
+                save_file(state, str(tmp / "model.safetensors"))
+                install_folder(tmp, path)
+        except BaseException:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> "Classifier":
-        from safetensors.torch import load_file
-
+        """A model saved by :meth:`save`; reads JSON and safetensors only (no pickle)."""
         path = Path(path)
         meta_file = path / "predictor.json"
         if not meta_file.exists():
-            raise DataError(f"no saved model at '{path}': '{meta_file.name}' is missing")
-        meta = json.loads(meta_file.read_text())
-        pre = Preprocessor.from_state(meta["preprocessor"])
-        params = copy.deepcopy(meta["params"])
-        clf = cls(pre.schema, **params)
-        clf.preprocessor_ = pre
-        clf.plan_ = MissingnessPlan.from_dict(meta["missingness"])
-        clf.model_ = clf._build_model()
-        clf.model_.load_state_dict(load_file(str(path / "model.safetensors")))
+            interrupted = stale_staging(path)
+            hint = (f"; a save into it was interrupted: `holomodal train --resume {path.parent}` makes it again"
+                    if interrupted else "")
+            raise DataError(f"no saved model at '{path}': '{meta_file.name}' is missing{hint}")
+        meta = read_json(meta_file, "saved model description")
+        require_keys(meta_file, meta, ("format_version", "params", "preprocessor", "missingness"))
+        if not isinstance(meta["format_version"], int) or meta["format_version"] > FORMAT_VERSION:
+            raise DataError(f"'{meta_file}' is format {meta['format_version']!r}; this holomodal reads format "
+                            f"{FORMAT_VERSION} and older: upgrade holomodal")
+        try:
+            pre = Preprocessor.from_state(meta["preprocessor"])
+            params = copy.deepcopy(meta["params"])
+            clf = cls(pre.schema, **params)
+            clf.preprocessor_ = pre
+            clf.plan_ = MissingnessPlan.from_dict(meta["missingness"])
+            clf.model_ = clf._build_model()
+        except HolomodalError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise _rebuild_error(meta_file, exc) from None
+        weights_file = path / "model.safetensors"
+        weights = load_safetensors(weights_file, "model weights file")
+        try:
+            clf.model_.load_state_dict(weights)
+        except RuntimeError as exc:
+            lines = str(exc).strip().splitlines()
+            why = lines[1].strip() if len(lines) > 1 else lines[0] if lines else ""
+            raise DamagedFileError(weights_file, f"its tensors do not fit the model '{meta_file.name}' describes ({why})") from None
         clf.model_.eval()
         return clf
-

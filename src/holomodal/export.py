@@ -19,6 +19,7 @@ right. Preprocessing (tokenising, decoding images, standardising) stays outside:
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from torch import Tensor, nn
 from holomodal.batch import Batch
 from holomodal.errors import ConfigError, DataError
 from holomodal.estimator import Classifier
+from holomodal.runs import writing
 
 OUTPUT = "probabilities"
 
@@ -115,18 +117,19 @@ def export_onnx(clf: Classifier, path: str | Path, example: Batch, *, opset: int
     named = flatten_batch(example)
     names = list(named)
     axes = {n: {0: "batch"} for n in [*names, OUTPUT]}
-    tmp = path.with_name(f".{path.name}.tmp")
-    with torch.no_grad():
-        # the TorchScript exporter: the dynamo one needs onnxscript, which holomodal does not install
-        torch.onnx.export(graph, tuple(named.values()), str(tmp), input_names=names, output_names=[OUTPUT],
-                          dynamic_axes=axes, opset_version=opset, dynamo=False)
-    _annotate(tmp, clf, named)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        if path.exists():
-            raise DataError(f"will not overwrite '{path}': it appeared during the export")
-        tmp.replace(path)
+        with writing(path, f"nothing was written to '{path}'"):
+            with torch.no_grad():
+                # the TorchScript exporter: the dynamo one needs onnxscript, which holomodal does not install
+                torch.onnx.export(graph, tuple(named.values()), str(tmp), input_names=names, output_names=[OUTPUT],
+                                  dynamic_axes=axes, opset_version=opset, dynamo=False)
+            _annotate(tmp, clf, named)
+            if path.exists():
+                raise DataError(f"will not overwrite '{path}': it appeared during the export")
+            tmp.replace(path)
     finally:
-        tmp.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)  # an export cut short leaves no partial graph behind
     return path
 
 

@@ -1,4 +1,5 @@
-"""Self-supervised pre-training runs (TIP): the estimator-style API and the config entry point.
+"""Self-supervised pre-training runs: the estimator-style API, the config entry point, and
+the registry of pre-training methods (TIP so far).
 
 >>> pre = Pretrainer(bundle.schema, model={"losses": ["itc", "itm", "mtr"]}, trainer={"max_epochs": 500})
 >>> pre.fit(unlabelled_and_train_rows, val_rows)        # labels are never read
@@ -8,13 +9,17 @@ A pre-training run folder holds ``config.yaml``, ``schema.json``, ``preprocessor
 ``metrics.csv`` and ``checkpoints/last.ckpt``; the checkpoint alone is enough to fine-tune
 (it carries the architecture and the preprocessing state besides the weights).
 
-Only the image and tabular columns take part: text and other modalities are left out of
-the schema before anything is fitted, and rows without an image are dropped (TIP pairs
-every table with an image).
+A method is registered with :func:`register_pretraining` as a :class:`PretrainingMethod`:
+which columns and rows take part, and the LightningModule that trains. The Trainer, its
+checkpoints, seeding and logs are the same as supervised training's
+(:mod:`holomodal.training`). TIP keeps the image and tabular columns (text and other
+modalities are left out of the schema before anything is fitted) and drops rows without an
+image (TIP pairs every table with an image).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -24,18 +29,24 @@ import lightning as L
 import pandas as pd
 import torch
 
+from holomodal._registry import Registry
 from holomodal.batch import Batch
-from holomodal.compilation import compile_callbacks
 from holomodal.config import to_container
-from holomodal.errors import ConfigError, DataError
+from holomodal.errors import ConfigError, DataError, HolomodalError
 from holomodal.loading import make_loader
 from holomodal.preprocessing import Preprocessor
-from holomodal.runs import check_run_dir, default_run_dir, prepare_run_dir, write_json, write_text
+from holomodal.runs import check_run_dir, claim_run_dir, default_run_dir, resume_checkpoint, write_json
+from holomodal.safe_load import check_checkpoint, read_json
 from holomodal.schema import Column, Modality, Schema
+from holomodal.training import (
+    DEFAULT_TRAINER, build_trainer, check_loggers, merge_log, read_log, run_fit, update_records, write_records,
+)
 
 log = logging.getLogger("holomodal")
 
-PRETRAINING_METHODS = ("tip",)
+PRETRAINING = Registry("pre-training method")
+register_pretraining = PRETRAINING.register
+list_pretraining = PRETRAINING.list
 DEFAULT_SPLITS = ("train", "unlabelled")
 
 
@@ -51,7 +62,7 @@ def pretraining_schema(schema: Schema, image: str | None = None) -> Schema:
     if not schema.tabular:
         raise ConfigError("pre-training needs tabular columns; the schema has none")
     keep = [c for c in schema.columns if c.name == image or c.modality in (Modality.CATEGORICAL, Modality.CONTINUOUS, Modality.LABEL)]
-    return Schema([Column(c.name, c.modality, dict(c.options)) for c in keep], on_unreadable=schema.on_unreadable)
+    return dataclasses.replace(schema, columns=[Column(c.name, c.modality, dict(c.options)) for c in keep])
 
 
 def fit_without_labels(schema: Schema, frame: pd.DataFrame) -> Preprocessor:
@@ -69,12 +80,63 @@ def rows_with_image(batch: Batch, image: str) -> Batch:
     return batch.select(keep)
 
 
-class Pretrainer:
-    """Pre-trains a TIP backbone on image-table pairs; no labels needed.
+class PretrainingMethod:
+    """A pre-training method as the :class:`Pretrainer` sees it. Registered by name::
 
-    Args mirror :class:`holomodal.estimator.Classifier`: ``model`` holds the ``tip`` model
-    options (encoders, interaction, losses, itc, mtr, augment, corruption_rate), ``optim``
-    the optimiser (TIP: Adam 3e-4, warm-up + cosine), ``trainer`` the Lightning options.
+        @register_pretraining("mine")
+        class Mine(PretrainingMethod):
+            def build(self, preprocessor, schema, model, optim): return MyModule(...)
+
+    Override :meth:`restrict` and :meth:`select` for methods that use only some columns
+    or rows, and ``checkpoint`` for other checkpoint names."""
+
+    # ModelCheckpoint options of a checkpoint besides last.ckpt (which fine-tuning starts
+    # from, written every epoch), or None
+    checkpoint: dict[str, Any] | None = None
+    min_rows = 2  # rows a batch needs (contrastive and matching losses need two pairs)
+
+    def restrict(self, schema: Schema, model: dict[str, Any]) -> Schema:
+        """The schema of the columns that take part."""
+        return schema
+
+    def select(self, batch: Batch, schema: Schema) -> Batch:
+        """The encoded rows that take part."""
+        return batch
+
+    def build(self, preprocessor: Preprocessor, schema: Schema, model: dict[str, Any],
+              optim: dict[str, Any]) -> L.LightningModule:
+        raise NotImplementedError
+
+
+@register_pretraining("tip")
+class TIPPretrainingMethod(PretrainingMethod):
+    """TIP: image-table pairs, one image column; see :class:`holomodal.methods.tip.TIPPretraining`."""
+
+    def restrict(self, schema: Schema, model: dict[str, Any]) -> Schema:
+        return pretraining_schema(schema, model.get("image_modality"))
+
+    def select(self, batch: Batch, schema: Schema) -> Batch:
+        return rows_with_image(batch, next(c.name for c in schema.of(Modality.IMAGE)))
+
+    def build(self, preprocessor: Preprocessor, schema: Schema, model: dict[str, Any],
+              optim: dict[str, Any]) -> L.LightningModule:
+        from holomodal.methods.tip import TIPPretraining
+
+        types = {m: "tabular" if m == "tabular" else schema.modality_type(m).value for m in preprocessor.processors}
+        return TIPPretraining(preprocessor.input_specs, types, model=model, optim=optim, preprocessor=preprocessor.state_dict())
+
+
+# the registered names when this module was imported; PRETRAINING.list() is always current
+PRETRAINING_METHODS = tuple(PRETRAINING.list())
+
+
+class Pretrainer:
+    """Pre-trains with a registered pre-training method (``tip``); no labels needed.
+
+    Args mirror :class:`holomodal.estimator.Classifier`: ``method`` a name registered with
+    :func:`register_pretraining`, ``model`` its options (TIP: encoders, interaction, losses,
+    itc, mtr, augment, corruption_rate), ``optim`` the optimiser (TIP: Adam 3e-4, warm-up +
+    cosine), ``trainer`` the Lightning options.
     """
 
     def __init__(
@@ -91,10 +153,7 @@ class Pretrainer:
         data_name: str | None = None,
         compile: bool | dict[str, Any] = False,
     ) -> None:
-        if method not in PRETRAINING_METHODS:
-            raise ConfigError(f"pre-training is implemented for {list(PRETRAINING_METHODS)}, not '{method}'")
-        from holomodal.estimator import DEFAULT_TRAINER
-
+        self.method_spec = PRETRAINING.create(method)  # an unknown name lists the known ones
         self.schema = schema
         self.method = method
         self.model = dict(model or {})
@@ -107,64 +166,65 @@ class Pretrainer:
         self.data_name = data_name
         self.compile = compile
 
-    def _encode(self, frame: pd.DataFrame) -> Batch:
+    def _encode(self, frame: pd.DataFrame, schema: Schema) -> Batch:
         batch, _ = self.preprocessor_.transform(frame, with_target=False)
-        return rows_with_image(batch, self.image_)
+        return self.method_spec.select(batch, schema)
 
-    def fit(self, frame: pd.DataFrame, val: pd.DataFrame | None = None, *, record: dict[str, Any] | None = None) -> "Pretrainer":
-        from lightning.pytorch.callbacks import ModelCheckpoint
-        from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-
-        from holomodal.estimator import AtomicCheckpointIO, EpochSeed, _auto_precision, _check_loggers
-        from holomodal.methods.tip import TIPPretraining
-
-        _check_loggers(self.loggers)
-        schema = pretraining_schema(self.schema, self.model.get("image_modality"))
-        self.image_ = next(c.name for c in schema.of(Modality.IMAGE))
+    def fit(self, frame: pd.DataFrame, val: pd.DataFrame | None = None, *, record: dict[str, Any] | None = None,
+            resume: bool = False) -> "Pretrainer":
+        """Pre-train on ``frame`` (losses also logged on ``val``). ``resume`` continues the
+        run in ``run_dir`` from its last checkpoint (more epochs with a larger
+        ``trainer.max_epochs``), with the preprocessing that run fitted."""
+        check_loggers(self.loggers)
+        spec = self.method_spec
+        schema = spec.restrict(self.schema, self.model)
         run_dir = Path(self.run_dir) if self.run_dir else default_run_dir(self.data_name, f"{self.method}-pretrain")
-        check_run_dir(run_dir, resume=False)
+        check_run_dir(run_dir, resume=resume)
+        start_from = resume_checkpoint(run_dir) if resume else None
+        if start_from is not None:
+            check_checkpoint(start_from)  # damaged or foreign: refused before any work
         L.seed_everything(self.seed, workers=True, verbose=False)
-        self.preprocessor_ = fit_without_labels(schema, frame)
-        train_batch = self._encode(frame)
-        val_batch = self._encode(val) if val is not None else None
-        if len(train_batch) < 2:
-            raise DataError(f"pre-training needs at least two rows with an image, found {len(train_batch)}")
+        saved = run_dir / "preprocessor.json"
+        if resume and saved.exists():
+            state = read_json(saved, "preprocessing record")
+            try:
+                self.preprocessor_ = Preprocessor.from_state(state)
+            except HolomodalError:
+                raise
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+                from holomodal.safe_load import DamagedFileError
+
+                raise DamagedFileError(saved, f"cannot rebuild the preprocessing ({type(exc).__name__}: {exc})") from None
+        else:
+            self.preprocessor_ = fit_without_labels(schema, frame)
+        train_batch = self._encode(frame, schema)
+        val_batch = self._encode(val, schema) if val is not None else None
+        if len(train_batch) < spec.min_rows:
+            raise DataError(f"pre-training needs at least {spec.min_rows} rows with every modality it uses, found {len(train_batch)}")
         pre = self.preprocessor_
-        types = {m: "tabular" if m == "tabular" else schema.modality_type(m).value for m in pre.processors}
-        self.module_ = TIPPretraining(pre.input_specs, types, model=self.model, optim=self.optim, preprocessor=pre.state_dict())
+        self.module_ = spec.build(pre, schema, self.model, self.optim)
 
-        self.run_dir_ = prepare_run_dir(run_dir, resume=False)
-        for name, content in (record or {}).items():
-            if name.endswith(".yaml"):
-                from omegaconf import OmegaConf
+        self.claim_ = claim_run_dir(run_dir, resume=resume)
+        self.run_dir_ = self.claim_.path
+        pending = write_records(self.run_dir_, record, resume=resume)
+        records = {"schema.json": schema.to_dict(),
+                   "data_summary.json": {"train_rows": len(train_batch), "val_rows": 0 if val_batch is None else len(val_batch)}}
+        if not (resume and saved.exists()):
+            records["preprocessor.json"] = pre.state_dict()
+        write_records(self.run_dir_, records, resume=False)
 
-                write_text(self.run_dir_ / name, OmegaConf.to_yaml(OmegaConf.create(content)))
-            else:
-                write_json(self.run_dir_ / name, content)
-        write_json(self.run_dir_ / "schema.json", schema.to_dict())
-        write_json(self.run_dir_ / "preprocessor.json", pre.state_dict())
-        write_json(self.run_dir_ / "data_summary.json", {"train_rows": len(train_batch), "val_rows": 0 if val_batch is None else len(val_batch)})
-
-        cfg = {k: v for k, v in self.trainer.items() if v is not None}
-        if cfg.get("precision") == "auto":
-            cfg["precision"] = _auto_precision()
-        loggers: list[Any] = []
-        if "csv" in self.loggers:
-            loggers.append(CSVLogger(self.run_dir_, name="", version=""))
-        if "tensorboard" in self.loggers:
-            loggers.append(TensorBoardLogger(self.run_dir_, name="tensorboard", version=""))
-        checkpoint = ModelCheckpoint(dirpath=self.run_dir_ / "checkpoints", filename="epoch{epoch:03d}", save_last=True,
-                                     save_top_k=0, enable_version_counter=False)
-        trainer = L.Trainer(
-            default_root_dir=self.run_dir_, logger=loggers or False, callbacks=[*compile_callbacks(self.compile), EpochSeed(self.seed), checkpoint],
-            plugins=[AtomicCheckpointIO()], enable_model_summary=False, **cfg,
-        )
+        earlier_log = read_log(self.run_dir_ / "metrics.csv") if resume else None
+        trainer = build_trainer(self.run_dir_, self.trainer, seed=self.seed, loggers=self.loggers, experiment=self.data_name,
+                                compile=self.compile, checkpoint=None if spec.checkpoint is None else dict(spec.checkpoint))
         # the matching loss needs two pairs per batch, hence drop_last
         train_loader = make_loader(train_batch, self.batch_size, shuffle=True, seed=self.seed, drop_last=True)
-        val_loader = None if val_batch is None or len(val_batch) < 2 else make_loader(val_batch, self.batch_size * 2, shuffle=False)
+        val_loader = None if val_batch is None or len(val_batch) < spec.min_rows else make_loader(val_batch, self.batch_size * 2, shuffle=False)
         start = time.perf_counter()
-        trainer.fit(self.module_, train_loader, val_loader)
+        run_fit(trainer, self.module_, train_loader, val_loader, self.run_dir_, start_from)
         self.fit_seconds_ = time.perf_counter() - start
+        if earlier_log is not None:
+            merge_log(self.run_dir_ / "metrics.csv", earlier_log)
+        update_records(self.run_dir_, pending)
         self.checkpoint_ = self.run_dir_ / "checkpoints" / "last.ckpt"
         self.metrics_ = {k: float(v) for k, v in trainer.callback_metrics.items()}
         write_json(self.run_dir_ / "metrics.json", {"fit_seconds": self.fit_seconds_, "last_epoch": self.metrics_})
@@ -187,18 +247,22 @@ def pretraining_frames(cfg: dict[str, Any]) -> tuple[str, Schema, pd.DataFrame, 
         val_name = pre_cfg.get("val_split", "val")
         val = bundle.split(val_name) if val_name and val_name in bundle.splits else None
         return bundle.name, bundle.schema, frame, val
-    from holomodal.experiment import _read_table, read_schema
+    from holomodal.experiment import read_schema
+    from holomodal.prediction import read_frame
 
     if not data_cfg.get("train") or not data_cfg.get("schema"):
         raise ConfigError("set data.name to a bundled data set, or data.train (and data.schema) to your own files")
-    frame = _read_table(data_cfg["train"])
-    val = _read_table(data_cfg["val"]) if data_cfg.get("val") else None
+    frame = read_frame(data_cfg["train"])
+    val = read_frame(data_cfg["val"]) if data_cfg.get("val") else None
     return Path(data_cfg["train"]).stem, read_schema(data_cfg["schema"]), frame, val
 
 
-def run_pretraining(cfg: Any) -> dict[str, Any]:
-    """Pre-train from a configuration; returns the run folder, checkpoint and last losses."""
-    cfg = to_container(cfg)
+def run_pretraining(cfg: Any, *, resume: bool = False) -> dict[str, Any]:
+    """Pre-train from a configuration; returns the run folder, checkpoint and last losses.
+    The configuration is checked first (again, harmlessly, when the CLI already did)."""
+    from holomodal.config_check import checked_config
+
+    cfg = checked_config(to_container(cfg), "pretrain")
     name, schema, frame, val = pretraining_frames(cfg)
     pre = Pretrainer(
         schema, method=cfg.get("method", "tip"), model=cfg.get("model") or {}, optim=cfg.get("optim") or {},
@@ -206,5 +270,5 @@ def run_pretraining(cfg: Any) -> dict[str, Any]:
         loggers=[n for n in (cfg["run"].get("loggers") or ["csv"]) if n in ("csv", "tensorboard")], data_name=name,
         compile=cfg["run"].get("compile") or False,
     )
-    pre.fit(frame, val, record={"config.yaml": cfg})
+    pre.fit(frame, val, record={"config.yaml": cfg}, resume=resume)
     return {"run_dir": str(pre.run_dir_), "checkpoint": str(pre.checkpoint_), "fit_seconds": pre.fit_seconds_, "metrics": pre.metrics_}

@@ -28,7 +28,9 @@ FLOOR = 1e-4
 
 def negative_weights(similarity: Tensor) -> Tensor:
     """Sampling weights (B, B) from similarity logits, row-wise softmax, diagonal zeroed."""
-    weights = torch.softmax(similarity.detach().float(), dim=1) + FLOOR
+    # diverged (NaN) logits draw uniformly, so the step ends in a NaN loss that the training
+    # loop's finite-loss check reports, rather than in an error inside torch.multinomial
+    weights = torch.softmax(similarity.detach().float(), dim=1).nan_to_num(0.0) + FLOOR
     return weights.masked_fill(torch.eye(len(weights), dtype=torch.bool, device=weights.device), 0.0)
 
 

@@ -39,7 +39,7 @@ from holomodal.fusion.cross_attention import CrossAttentionFusion
 from holomodal.losses import ImageTabularContrastiveLoss, ImageTabularMatching, MaskedTabularReconstructionLoss
 from holomodal.losses.itm import sample_hard_negatives
 from holomodal.methods import register_method
-from holomodal.methods.base import ClassificationMethod, ModelContext, build_optimizer
+from holomodal.methods.base import ClassificationMethod, FiniteLossGuard, ModelContext, build_optimizer
 
 TABULAR = "tabular"
 TIP_LOSSES = ("itc", "itm", "mtr")
@@ -151,12 +151,22 @@ def checkpoint_file(path: str | Path) -> Path:
 def read_pretrained(path: str | Path, *, weights: bool = False) -> dict[str, Any]:
     """The record of a pre-training checkpoint (``backbone``, ``preprocessor``, ``losses``)
     and, with ``weights``, its ``state_dict``."""
+    from holomodal.safe_load import DamagedFileError, load_checkpoint
+
     p = checkpoint_file(path)
-    ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    # weights-only whatever the environment says: a model.checkpoint may come from anywhere
+    ckpt = load_checkpoint(p, "TIP pre-training checkpoint")
     if CHECKPOINT_KEY not in ckpt:
         raise DataError(f"'{p}' is not a holomodal TIP pre-training checkpoint")
-    record = json.loads(ckpt[CHECKPOINT_KEY])
+    try:
+        record = json.loads(ckpt[CHECKPOINT_KEY])
+    except (TypeError, ValueError) as exc:
+        raise DamagedFileError(p, f"its TIP record is not valid JSON ({exc})") from None
+    if not isinstance(record, dict) or "backbone" not in record:
+        raise DamagedFileError(p, "its TIP record lacks the backbone's architecture")
     if weights:
+        if not isinstance(ckpt.get("state_dict"), dict):
+            raise DamagedFileError(p, "it holds no weights ('state_dict')")
         record["state_dict"] = ckpt["state_dict"]
     return record
 
@@ -177,7 +187,7 @@ def warmup_cosine(epoch: int, warmup: int, total: int) -> float:
 
 
 # ---- pre-training --------------------------------------------------------------------------
-class TIPPretraining(L.LightningModule):
+class TIPPretraining(FiniteLossGuard, L.LightningModule):
     """Self-supervised pre-training of a :class:`TIPBackbone` on image-table pairs.
 
     Args:
@@ -274,7 +284,7 @@ class TIPPretraining(L.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         values = self.ssl_losses(batch, augment=True)
         self._log(values, "train", len(batch))
-        return values["loss"]
+        return self.watch_loss(values["loss"])
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         if len(batch) < 2 and self.itm is not None:

@@ -8,6 +8,7 @@ unpickles code.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -21,9 +22,13 @@ from holomodal.preprocessing.image import ImageProcessor
 from holomodal.preprocessing.tabular import TabularProcessor, UnseenCategoryWarning
 from holomodal.preprocessing.text import TextProcessor
 from holomodal.preprocessing.timeseries import TimeSeriesProcessor
-from holomodal.schema import TABULAR, Modality, Schema, Task
+from holomodal.schema import TABULAR, Modality, Schema, Task, row_list
 
-__all__ = ["Preprocessor", "UnseenCategoryWarning"]
+__all__ = ["LabelWarning", "Preprocessor", "UnseenCategoryWarning"]
+
+
+class LabelWarning(UserWarning):
+    """A class of the labels that a split lacks: metrics averaged over classes are undefined there."""
 
 
 class Preprocessor:
@@ -34,9 +39,10 @@ class Preprocessor:
             self.processors[TABULAR] = TabularProcessor(schema.categorical, schema.continuous)
         for col in schema.columns:
             if col.modality == Modality.IMAGE:
-                self.processors[col.name] = ImageProcessor(col, schema.on_unreadable)
+                self.processors[col.name] = ImageProcessor(col, schema.on_unreadable, schema.allow_outside_root,
+                                                           schema.max_image_pixels)
             elif col.modality == Modality.AUDIO:
-                self.processors[col.name] = AudioProcessor(col, schema.on_unreadable)
+                self.processors[col.name] = AudioProcessor(col, schema.on_unreadable, schema.allow_outside_root)
             elif col.modality == Modality.TEXT:
                 self.processors[col.name] = TextProcessor(col)
             elif col.modality == Modality.TIMESERIES:
@@ -55,14 +61,58 @@ class Preprocessor:
             values = df[label.name]
             self.classes_ = [str(v) for v in sorted(values.unique().tolist())]
 
-    def encode_labels(self, values: pd.Series) -> torch.Tensor:
+    def check_labels(self, train: pd.DataFrame, **splits: pd.DataFrame | None) -> None:
+        """The classes of every split, checked before anything is trained: the training split
+        must hold at least two classes (two exactly under ``task: binary``), the other splits
+        only training classes; a training class absent from another split is one
+        :class:`LabelWarning` for that split, as metrics averaged over classes are undefined on it."""
         name = self.schema.label.name
+        self._fit_labels(train)
+        if self.schema.task == Task.MULTILABEL:
+            for split, df in {"training": train, **splits}.items():
+                if df is not None:
+                    self.encode_labels(df[name], split)
+            return
+        held = np.unique(self.encode_labels(train[name], "training").numpy())
+        if held.size < 2:
+            raise DataError(
+                f"label column '{name}': all {len(train)} rows of the training split hold the single class "
+                f"'{self.classes_[held[0]]}'; a classifier needs at least two classes"
+            )
+        if self.schema.task == Task.BINARY and self.num_classes != 2:
+            raise DataError(
+                f"label column '{name}' is declared task: binary but has {self.num_classes} classes "
+                f"{self.classes_}: set task: multiclass in the schema, or merge classes into two"
+            )
+        never = [c for i, c in enumerate(self.classes_) if i not in held]
+        if never:
+            warnings.warn(f"label column '{name}': class(es) {never} of the 'classes' option never occur in the "
+                          "training split, so the model cannot learn them", LabelWarning, stacklevel=3)
+        for split, df in splits.items():
+            if df is None:
+                continue
+            present = np.unique(self.encode_labels(df[name], split).numpy())
+            absent = [self.classes_[i] for i in held if i not in present]
+            if absent:
+                warnings.warn(
+                    f"label column '{name}': training class(es) {absent} are absent from the {split} split, so "
+                    "AUROC/AUPRC and class-averaged metrics are undefined on it (reported as NaN)",
+                    LabelWarning, stacklevel=3,
+                )
+
+    def encode_labels(self, values: pd.Series, split: str | None = None) -> torch.Tensor:
+        name = self.schema.label.name
+        where = f" in the {split} split" if split else ""
         if self.schema.task == Task.MULTILABEL:
             out = torch.zeros((len(values), len(self.classes_)), dtype=torch.float32)
             for i, cell in enumerate(values.tolist()):
-                idx = [int(j) for j in (cell if cell is not None else [])]
+                try:
+                    idx = [int(j) for j in (cell if cell is not None else [])]
+                except (TypeError, ValueError):
+                    idx = [-1]
                 if any(j < 0 or j >= len(self.classes_) for j in idx):
-                    raise DataError(f"label column '{name}', row {values.index[i]}: class index out of range in {cell}")
+                    raise DataError(f"label column '{name}'{where}, row {values.index[i]}: {cell!r} is not a list of "
+                                    f"class indices in 0..{len(self.classes_) - 1}")
                 out[i, idx] = 1.0
             return out
         lookup = {c: i for i, c in enumerate(self.classes_)}
@@ -71,11 +121,12 @@ class Preprocessor:
             codes = as_int
         else:
             codes = pd.to_numeric(values.map(lambda v: lookup.get(str(v))), errors="coerce")
-        bad = codes.isna() | (codes < 0) | (codes >= len(self.classes_))
+        bad = (codes.isna() | (codes < 0) | (codes >= len(self.classes_)) | (codes % 1 != 0)).to_numpy()
         if bad.any():
-            row = values.index[bad.to_numpy()][0]
+            found = sorted({str(v) for v in values[bad]})
             raise DataError(
-                f"label column '{name}', row {row}: value {values[row]!r} is not one of the classes {self.classes_}"
+                f"label column '{name}'{where}: value(s) {found[:5]} in row(s) {row_list(values.index[bad])} "
+                f"are not among the classes {self.classes_}"
             )
         return torch.from_numpy(np.array(codes.to_numpy(), dtype=np.int64))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from math import gcd
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,11 +17,15 @@ import pandas as pd
 import torch
 
 from holomodal.errors import DataError
+from holomodal.preprocessing.files import UnreadableFile, open_regular, resolve_files
 from holomodal.schema import Column
 
 
 class AudioProcessor:
-    def __init__(self, column: Column, on_unreadable: str = "error") -> None:
+    """An audio column: cells name WAV (or other soundfile) files, resolved and checked as in
+    :mod:`holomodal.preprocessing.files` (``root``, ``allow_outside_root``, regular files only)."""
+
+    def __init__(self, column: Column, on_unreadable: str = "error", allow_outside_root: bool = False) -> None:
         opts = column.options
         self.column = column
         self.sample_rate = int(opts.get("sample_rate", 16000))
@@ -29,6 +34,7 @@ class AudioProcessor:
         self.frame_ms = float(opts.get("frame_ms", 25.0))
         self.hop_ms = float(opts.get("hop_ms", 10.0))
         self.on_unreadable = on_unreadable
+        self.allow_outside_root = allow_outside_root
         self.mean_, self.std_ = 0.0, 1.0
 
     @property
@@ -43,12 +49,13 @@ class AudioProcessor:
     def frames(self) -> int:
         return 1 + self.n_samples // self.hop
 
-    def _read_wave(self, path: str) -> np.ndarray:
+    def _read_wave(self, path: Path) -> np.ndarray:
         """Mono float waveform at the column's sample rate, centre-cropped or zero-padded."""
         import soundfile as sf
         from scipy.signal import resample_poly
 
-        wave, rate = sf.read(path, dtype="float32", always_2d=True)
+        with open_regular(path) as fh:
+            wave, rate = sf.read(fh, dtype="float32", always_2d=True)
         wave = wave.mean(axis=1)
         if rate != self.sample_rate:
             g = gcd(int(rate), self.sample_rate)
@@ -58,14 +65,17 @@ class AudioProcessor:
             wave = wave[start : start + self.n_samples]
         return np.pad(wave, (0, self.n_samples - len(wave)))
 
-    def _read_checked(self, item: tuple[int, Any]) -> tuple[np.ndarray | None, str | None]:
-        row, value = item
-        if value is None or (isinstance(value, float) and np.isnan(value)):
+    def _read_checked(self, item: tuple[Any, Any, Path | None]) -> tuple[np.ndarray | None, str | None]:
+        row, value, path = item
+        if path is None:
             return None, None
         try:
-            return self._read_wave(str(value)), None
+            return self._read_wave(path), None
+        except UnreadableFile as exc:
+            reason = str(exc)
         except Exception as exc:  # soundfile raises several types for broken files
-            return None, f"row {row}: cannot read audio '{value}' in column '{self.column.name}' ({exc.__class__.__name__}: {exc})"
+            reason = f"{exc.__class__.__name__}: {exc}"
+        return None, f"row {row}: cannot read audio '{value}' in column '{self.column.name}' ({reason})"
 
     def _log_mel(self, waves: torch.Tensor) -> torch.Tensor:
         """(N, samples) -> (N, n_mels, frames): one batched STFT for the whole split."""
@@ -82,8 +92,10 @@ class AudioProcessor:
         return torch.log(torch.clamp(mel.T @ spec, min=1e-6))[..., : self.frames]
 
     def decode(self, df: pd.DataFrame, summary: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        values, rows = df[self.column.name].tolist(), df.index.tolist()
+        paths = resolve_files(self.column, values, rows, self.allow_outside_root)
         with ThreadPoolExecutor(max_workers=4) as pool:
-            results = list(pool.map(self._read_checked, zip(df.index.tolist(), df[self.column.name].tolist())))
+            results = list(pool.map(self._read_checked, zip(rows, values, paths)))
         failures = [err for _, err in results if err]
         if failures and self.on_unreadable == "error":
             more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""

@@ -7,9 +7,11 @@ in every epoch; augmentation then runs on whole batches of tensors (see
 
 from __future__ import annotations
 
+import warnings
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
@@ -17,42 +19,64 @@ import torch
 from PIL import Image, ImageOps
 
 from holomodal.errors import DataError
+from holomodal.preprocessing.files import UnreadableFile, open_regular, resolve_files
 from holomodal.preprocessing.image_cache import CACHE_ENV, ImageCache, cache_root, file_key
 from holomodal.schema import Column
 
 
+@contextmanager
+def _quiet_pil_size_warning() -> Iterator[None]:
+    """PIL warns on opening a file above its own pixel limit; the size check that follows the
+    open refuses such a file with a message instead. The filter is process-wide (worker
+    threads read the same list), so it is set once around a whole decoding pass."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
 class ImageProcessor:
-    def __init__(self, column: Column, on_unreadable: str = "error") -> None:
+    """An image column. Cells name files (see :mod:`holomodal.preprocessing.files` for
+    ``root``, ``allow_outside_root`` and the regular-file check) or, with ``source: array``,
+    hold pixel arrays. A file above ``max_image_pixels`` (width x height, read from its header)
+    is refused before it is decoded and counts as unreadable."""
+
+    def __init__(self, column: Column, on_unreadable: str = "error", allow_outside_root: bool = False,
+                 max_image_pixels: int = 50_000_000) -> None:
         self.column = column
         self.channels = int(column.options.get("channels", 3))
         self.size = int(column.options.get("size", 128))
         self.normalize = column.options.get("normalize", "dataset")
         self.on_unreadable = on_unreadable
+        self.allow_outside_root = allow_outside_root
+        self.max_image_pixels = int(max_image_pixels)
         self.mean_: list[float] = [0.0] * self.channels
         self.std_: list[float] = [1.0] * self.channels
 
-    def _path(self, value: Any) -> Path | None:
-        """The file a cell names (relative paths under the column's ``root``), or None."""
-        if value is None or isinstance(value, np.ndarray) or (isinstance(value, float) and np.isnan(value)):
-            return None
-        path = Path(value)
-        root = self.column.options.get("root")
-        return Path(root) / path if root and not path.is_absolute() else path
+    def _paths(self, df: pd.DataFrame) -> list[Path | None]:
+        return resolve_files(self.column, df[self.column.name].tolist(), df.index.tolist(), self.allow_outside_root)
 
-    def _load_one(self, value: Any) -> np.ndarray | None:
-        """uint8 (C, S, S), or None when the cell is empty."""
-        if value is None or (isinstance(value, float) and np.isnan(value)):
-            return None
-        if isinstance(value, np.ndarray):
-            img = Image.fromarray(np.asarray(value, dtype=np.uint8))
-        else:
-            with Image.open(self._path(value)) as opened:
-                img = opened.convert("L" if self.channels == 1 else "RGB")
+    def _fitted(self, img: Image.Image) -> np.ndarray:
+        """uint8 (C, S, S) of a decoded image."""
         img = img.convert("L" if self.channels == 1 else "RGB")
         if img.size != (self.size, self.size):
             img = ImageOps.fit(img, (self.size, self.size), Image.Resampling.BILINEAR)
         arr = np.asarray(img, dtype=np.uint8)
         return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+    def _read_file(self, path: Path) -> np.ndarray:
+        """A regular file's pixels; its size is checked on the header, before any decoding."""
+        with open_regular(path) as fh:
+            try:
+                opened = Image.open(fh)
+            except Image.DecompressionBombError:  # PIL's own limit, beyond which it will not even open a file
+                raise UnreadableFile(f"more than {2 * Image.MAX_IMAGE_PIXELS} pixels, which PIL refuses to open; "
+                                     f"the schema's max_image_pixels is {self.max_image_pixels}") from None
+            with opened:
+                width, height = opened.size
+                if width * height > self.max_image_pixels:
+                    raise UnreadableFile(f"{width} x {height} = {width * height} pixels, more than the schema's "
+                                         f"max_image_pixels of {self.max_image_pixels}")
+                return self._fitted(opened)
 
     # ---- the pre-decoded cache (holomodal data cache) ------------------------------------------
     def _cache(self) -> ImageCache | None:
@@ -67,24 +91,30 @@ class ImageProcessor:
         root = cache_root()
         if root is None:
             raise DataError(f"the image cache is switched off (${CACHE_ENV}); set it to a folder to build one")
-        paths = [p for p in map(self._path, df[self.column.name].tolist()) if p is not None]
-        return ImageCache(root, self.channels, self.size).add(paths, self._load_one, progress)
+        paths = [p for p in self._paths(df) if p is not None]
+        with _quiet_pil_size_warning():
+            return ImageCache(root, self.channels, self.size).add(paths, self._read_file, progress)
 
-    def _load_checked(self, item: tuple[int, Any]) -> tuple[np.ndarray | None, str | None]:
-        row, value = item
+    def _load_checked(self, item: tuple[Any, Any, Path | None]) -> tuple[np.ndarray | None, str | None]:
+        row, value, path = item
         try:
-            return self._load_one(value), None
+            if isinstance(value, np.ndarray):
+                return self._fitted(Image.fromarray(np.asarray(value, dtype=np.uint8))), None
+            return (self._read_file(path) if path is not None else None), None
+        except UnreadableFile as exc:
+            reason = str(exc)
         except Exception as exc:  # PIL raises many types for broken files
-            return None, f"row {row}: cannot read image '{value}' in column '{self.column.name}' ({exc.__class__.__name__}: {exc})"
+            reason = f"{exc.__class__.__name__}: {exc}"
+        return None, f"row {row}: cannot read image '{value}' in column '{self.column.name}' ({reason})"
 
     def decode(self, df: pd.DataFrame, summary: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         values = df[self.column.name].tolist()
+        paths = self._paths(df)
         pixels = np.zeros((len(values), self.channels, self.size, self.size), dtype=np.uint8)
         present = np.zeros(len(values), dtype=bool)
         todo = list(range(len(values)))
         cache = self._cache()
         if cache is not None:
-            paths = [self._path(v) for v in values]
             rows, found = cache.lookup([file_key(p) if p is not None else None for p in paths])
             if found.any():
                 pixels[found] = cache.gather(rows[found])
@@ -92,8 +122,8 @@ class ImageProcessor:
                 todo = np.flatnonzero(~found).tolist()
                 summary.setdefault("cached_images", {})[self.column.name] = int(found.sum())
         index = df.index.tolist()
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            results = dict(zip(todo, pool.map(self._load_checked, [(index[i], values[i]) for i in todo])))
+        with ThreadPoolExecutor(max_workers=4) as pool, _quiet_pil_size_warning():
+            results = dict(zip(todo, pool.map(self._load_checked, [(index[i], values[i], paths[i]) for i in todo])))
         failures = []
         for i, (arr, error) in results.items():
             if error:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -38,12 +39,13 @@ def cache_root() -> Path | None:
 
 
 def file_key(path: Path) -> str | None:
-    """``abs-path|size|mtime_ns``, or None when the file cannot be stat'ed."""
+    """``abs-path|size|mtime_ns``, or None when the file cannot be stat'ed or is not a
+    regular file (a FIFO or device has no stable content to cache)."""
     try:
         st = path.stat()
-    except OSError:
+    except (OSError, ValueError):
         return None
-    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}" if stat.S_ISREG(st.st_mode) else None
 
 
 class ImageCache:

@@ -1,4 +1,11 @@
-"""Tabular columns: categorical vocabularies and continuous standardisation."""
+"""Tabular columns: categorical vocabularies and continuous standardisation.
+
+Continuous statistics are fitted on the finite training values only; numbers that are
++-inf or beyond float32's range (allowed through validation by ``on_nonfinite: missing``)
+are missing cells. Standardised values are clipped to +-``STANDARD_LIMIT``: no training
+value reaches it (with n rows |z| <= sqrt(n - 1)), and a value further out at prediction
+time would only push the network into overflow and NaN probabilities.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +16,24 @@ import numpy as np
 import pandas as pd
 import torch
 
-from holomodal.schema import Column
+from holomodal.schema import Column, continuous_numbers, nonfinite_mask
 
 UNKNOWN_INDEX = 0  # code of a category never seen in training; known values start at 1
+STANDARD_LIMIT = 1e4
+
+
+def standardise(numbers: np.ndarray, mean: Any, std: Any) -> np.ndarray:
+    return np.clip((numbers - mean) / std, -STANDARD_LIMIT, STANDARD_LIMIT)
+
+
+def fitted_moments(numbers: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation (float64) of the usable numbers; (0, 1) when there are
+    none, std 1 when they do not vary, so that standardising never divides by zero."""
+    numbers = numbers[~np.isnan(numbers) & ~nonfinite_mask(numbers)]
+    if not numbers.size:
+        return 0.0, 1.0
+    std = float(numbers.std())
+    return float(numbers.mean()), std if std > 0 and np.isfinite(std) else 1.0
 
 
 class UnseenCategoryWarning(UserWarning):
@@ -48,10 +70,7 @@ class TabularProcessor:
             values = _as_category_strings(df[col.name]).dropna()
             self.vocab_[col.name] = sorted(values.unique().tolist())
         for col in self.continuous:
-            values = pd.to_numeric(df[col.name], errors="coerce").astype(float)
-            mean, std = values.mean(), values.std(ddof=0)
-            self.mean_[col.name] = 0.0 if np.isnan(mean) else float(mean)
-            self.std_[col.name] = 1.0 if not std or np.isnan(std) else float(std)
+            self.mean_[col.name], self.std_[col.name] = fitted_moments(continuous_numbers(df[col.name]))
         return self
 
     def transform(self, df: pd.DataFrame, summary: dict[str, Any]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -78,9 +97,13 @@ class TabularProcessor:
         con = np.zeros((n, len(self.continuous)), dtype=np.float32)
         con_missing = np.zeros((n, len(self.continuous)), dtype=bool)
         for j, col in enumerate(self.continuous):
-            values = pd.to_numeric(df[col.name], errors="coerce").to_numpy(dtype=np.float64)
-            missing = ~np.isfinite(values)
-            con[:, j] = np.where(missing, 0.0, (values - self.mean_[col.name]) / self.std_[col.name])
+            values = continuous_numbers(df[col.name])
+            overflow = nonfinite_mask(values)
+            if overflow.any():
+                summary.setdefault("nonfinite_cells", {})[col.name] = int(overflow.sum())
+            missing = np.isnan(values) | overflow
+            with np.errstate(invalid="ignore", over="ignore"):
+                con[:, j] = np.where(missing, 0.0, standardise(values, self.mean_[col.name], self.std_[col.name]))
             con_missing[:, j] = missing
         cell_missing = torch.from_numpy(np.concatenate([cat_missing, con_missing], axis=1))
         summary["missing_cells"] = {

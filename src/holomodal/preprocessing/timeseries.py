@@ -3,7 +3,9 @@ time-since-last-observation channels (the GRU-D style inputs).
 
 Each cell holds an array of rows ``(time_in_hours, channel_index, value)``. Binning is
 done for all rows of a split at once with ``np.bincount``; several observations in one
-bin are averaged.
+bin are averaged. Observations with a NaN, or (under ``on_nonfinite: missing``) an infinite
+or beyond-float32 number, are not observations; their channel statistics come from the
+usable ones only.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from holomodal.schema import Column
+from holomodal.preprocessing.tabular import fitted_moments, standardise
+from holomodal.schema import Column, nonfinite_mask, series_cell
 
 
 class TimeSeriesProcessor:
@@ -25,35 +28,35 @@ class TimeSeriesProcessor:
         self.mean_: list[float] = []
         self.std_: list[float] = []
 
-    def _binned(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        cells = df[self.column.name].tolist()
-        n, t, c = len(cells), self.hours, len(self.channels)
-        arrays = [np.asarray(a, dtype=np.float64).reshape(-1, 3) if a is not None else np.zeros((0, 3)) for a in cells]
-        lengths = np.array([len(a) for a in arrays])
+    def _binned(self, df: pd.DataFrame, summary: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        # cells passed the schema's validation, so every one converts
+        arrays = [series_cell(a) for a in df[self.column.name].tolist()]
+        n, t, c = len(arrays), self.hours, len(self.channels)
+        lengths = np.array([len(a) for a in arrays], dtype=np.int64)
         obs = np.concatenate(arrays) if lengths.sum() else np.zeros((0, 3))
         rows = np.repeat(np.arange(n), lengths)
-        steps = np.clip(np.floor(obs[:, 0]).astype(np.int64), 0, t - 1)
-        chans = obs[:, 1].astype(np.int64)
-        keep = np.isfinite(obs[:, 2]) & (chans >= 0) & (chans < c) & (obs[:, 0] >= 0) & (obs[:, 0] <= t)
+        overflow = nonfinite_mask(obs).any(axis=1)
+        if summary is not None and overflow.any():
+            summary.setdefault("nonfinite_cells", {})[self.column.name] = int(overflow.sum())
+        time, chan = obs[:, 0], obs[:, 1]
+        keep = ~np.isnan(obs).any(axis=1) & ~overflow & (chan >= 0) & (chan < c) & (time >= 0) & (time <= t)
+        rows, time, chans, found = rows[keep], time[keep], chan[keep].astype(np.int64), obs[keep, 2]
+        steps = np.clip(np.floor(time).astype(np.int64), 0, t - 1)
         flat = (rows * t + steps) * c + chans
-        sums = np.bincount(flat[keep], weights=obs[keep, 2], minlength=n * t * c)
-        counts = np.bincount(flat[keep], minlength=n * t * c)
+        sums = np.bincount(flat, weights=found, minlength=n * t * c)
+        counts = np.bincount(flat, minlength=n * t * c)
         values = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
         return values.reshape(n, t, c), (counts > 0).reshape(n, t, c)
 
     def fit(self, df: pd.DataFrame) -> "TimeSeriesProcessor":
         values, observed = self._binned(df)
-        mean, std = [], []
-        for j in range(len(self.channels)):
-            seen = values[..., j][observed[..., j]]
-            mean.append(float(seen.mean()) if len(seen) else 0.0)
-            std.append(float(seen.std()) if len(seen) > 1 and seen.std() > 0 else 1.0)
-        self.mean_, self.std_ = mean, std
+        moments = [fitted_moments(values[..., j][observed[..., j]]) for j in range(len(self.channels))]
+        self.mean_, self.std_ = [m for m, _ in moments], [s for _, s in moments]
         return self
 
     def transform(self, df: pd.DataFrame, summary: dict[str, Any]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        values, observed = self._binned(df)
-        values = np.where(observed, (values - np.asarray(self.mean_)) / np.asarray(self.std_), 0.0)
+        values, observed = self._binned(df, summary)
+        values = np.where(observed, standardise(values, np.asarray(self.mean_), np.asarray(self.std_)), 0.0)
         # hours since the channel was last observed (from the window start if never yet)
         delta = np.zeros_like(values)
         for step in range(1, self.hours):

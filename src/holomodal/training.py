@@ -1,0 +1,350 @@
+"""What every training run shares, supervised (:class:`~holomodal.estimator.Classifier`) or
+self-supervised (:class:`~holomodal.pretraining.Pretrainer`): the Lightning Trainer and its
+loggers, callbacks, checkpoint writer and reader, per-epoch seeding, precision, and the
+run folder's records (``metrics.csv`` kept across a resume, the record files).
+
+:func:`build_trainer` is the one place a ``lightning.Trainer`` is made; :func:`run_fit` the
+one place ``Trainer.fit`` runs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from holomodal.compilation import compile_callbacks
+from holomodal.errors import ConfigError, HolomodalError
+from holomodal.runs import CHECKPOINTS, disk_full, is_disk_full, jsonable, write_text
+from holomodal.safe_load import load_checkpoint, unsafe_imports
+
+log = logging.getLogger("holomodal")
+
+DEFAULT_TRAINER = {
+    "max_epochs": 10, "accelerator": "auto", "devices": "auto", "strategy": "auto", "num_nodes": 1,
+    "precision": "auto", "gradient_clip_val": None, "deterministic": False, "log_every_n_steps": 10,
+    "limit_train_batches": None, "enable_progress_bar": True,
+}
+KNOWN_LOGGERS = ("csv", "tensorboard", "mlflow")
+# a trainer option holomodal turns into a callback rather than passing to lightning.Trainer
+EARLY_STOPPING = "early_stopping"
+
+
+class EpochSeed(Callback):
+    """Re-seeds every epoch from (seed, epoch), so dropout and augmentation in an epoch do not
+    depend on whether the run was resumed before it."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # modulo numpy's seed range: any valid run seed stays valid (unchanged below 4295)
+        L.seed_everything((self.seed * 1_000_003 + trainer.current_epoch) % 2**32, verbose=False)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        # a resumed run draws from the global generator between epoch start and its first step
+        # (Lightning's restart, the loader's base seed) where a fresh run does not: seeding
+        # every step from (seed, epoch, batch) keeps its dropout masks those of a fresh run
+        state = np.random.SeedSequence([self.seed, trainer.current_epoch, batch_idx]).generate_state(1)[0]
+        L.seed_everything(int(state), verbose=False)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary file in the target's folder, then renamed over the
+    target: ``os.replace`` is atomic within one file system, so a process killed at any
+    moment leaves the previous checkpoint or the new one, never a truncated file that
+    ``--resume`` would choke on. Read back weights-only, whatever Lightning or the
+    environment asks for (:mod:`holomodal.safe_load`)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # the pid keeps two writers (e.g. a stale process) from sharing one temporary file
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                torch.save(checkpoint, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            # what cannot be read weights-only could not be resumed: fail now, not at the resume
+            unsafe = unsafe_imports(tmp)
+            if unsafe:
+                raise TypeError(f"the checkpoint would hold objects a weights-only load refuses ({', '.join(unsafe)}): "
+                                "store plain types (str, int, float, lists, dicts, tensors) in checkpoint state")
+            os.replace(tmp, path)
+        except BaseException as exc:
+            tmp.unlink(missing_ok=True)
+            if is_disk_full(exc) and not isinstance(exc, HolomodalError):
+                kept = f"'{path}' keeps the checkpoint of an earlier epoch" if path.exists() else "no checkpoint of that name exists yet"
+                raise disk_full(path, kept) from None
+            raise
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        # weights_only=False from a caller is not honoured: no holomodal checkpoint needs it
+        return load_checkpoint(path, "checkpoint")
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """A checkpoint callback that keeps its record when the run folder has moved.
+
+    Lightning restores the best score and paths only when the checkpoint folder is the
+    one recorded; in a run folder that was moved or copied before ``--resume`` it would
+    forget the best score and replace ``best.ckpt`` with a worse epoch. The folder here is
+    always ``<run>/checkpoints``, so the recorded paths are moved along with it."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old, new = state_dict.get("dirpath"), self.dirpath
+        if old and new and os.path.realpath(old) != os.path.realpath(new):
+            def moved(p: Any) -> Any:
+                return os.path.join(new, os.path.basename(p)) if isinstance(p, str) and os.path.dirname(p) == old else p
+
+            state_dict = {
+                **state_dict, "dirpath": new,
+                **{k: moved(state_dict.get(k)) for k in ("best_model_path", "kth_best_model_path", "last_model_path")
+                   if k in state_dict},
+                "best_k_models": {moved(k): v for k, v in (state_dict.get("best_k_models") or {}).items()},
+            }
+        super().load_state_dict(state_dict)
+
+
+class LastCheckpoint(RunCheckpoint):
+    """``checkpoints/last.ckpt``, written at the end of every epoch.
+
+    Lightning 2.6's ``save_last=True`` writes ``last.ckpt`` only in an epoch that also wrote
+    a top-k checkpoint (and at the end of training), so after an epoch that did not improve
+    the monitored metric ``last.ckpt`` would hold an older epoch: a resume would then repeat
+    epochs, and a finished run would look unfinished. This callback has no monitor and saves
+    every epoch instead."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(dirpath=run_dir / CHECKPOINTS, filename="last", monitor=None, save_top_k=1,
+                         save_last=False, enable_version_counter=False)
+
+    @property
+    def state_key(self) -> str:  # distinct from a best-checkpoint callback that has no monitor either
+        return "holomodal.LastCheckpoint"
+
+
+class StepDelayHook(Callback):
+    """Test hook only: sleeps after every training batch, so that a test can kill a run in
+    the middle of an epoch. Enabled by the environment variable HOLOMODAL_TEST_STEP_DELAY
+    (seconds); never set in normal use."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        time.sleep(self.seconds)
+
+
+def check_loggers(names: Sequence[str]) -> None:
+    """Fail before the run folder is touched when a logger cannot be made."""
+    for name in names:
+        if name not in KNOWN_LOGGERS:
+            raise ConfigError(f"unknown logger '{name}' in run.loggers (known: {', '.join(KNOWN_LOGGERS)})")
+        # mlflow is optional: holomodal never installs it, so say which package is missing
+        if name == "mlflow" and importlib.util.find_spec("mlflow") is None:
+            raise ConfigError(
+                "run.loggers includes 'mlflow' but the Python package 'mlflow' is not installed: "
+                "`pip install mlflow`, or remove mlflow from run.loggers"
+            )
+        if name == "mlflow" and not os.environ.get("MLFLOW_TRACKING_URI") and importlib.util.find_spec("sqlalchemy") is None:
+            raise ConfigError(
+                "run.loggers includes 'mlflow' without MLFLOW_TRACKING_URI, so it logs to a database in the run "
+                "folder, which needs the package 'sqlalchemy' (`pip install mlflow`, not mlflow-skinny), "
+                "or set MLFLOW_TRACKING_URI to a tracking server"
+            )
+
+
+def auto_precision() -> str:
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def make_loggers(names: Sequence[str], run_dir: Path, experiment: str | None = None) -> list[Any]:
+    from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger
+
+    check_loggers(names)
+    loggers: list[Any] = []
+    for name in names:
+        if name == "csv":
+            loggers.append(CSVLogger(run_dir, name="", version=""))
+        elif name == "tensorboard":
+            loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version=""))
+        elif name == "mlflow":
+            # MLFLOW_TRACKING_URI (a server) wins; else a database in the run folder, as
+            # mlflow 3 refuses its old ./mlruns file store
+            uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
+            loggers.append(MLFlowLogger(
+                experiment_name=experiment or "holomodal", run_name=run_dir.name, tracking_uri=uri,
+                artifact_location=(run_dir / "mlartifacts").resolve().as_uri(),
+            ))
+    return loggers
+
+
+def trainer_options(trainer: dict[str, Any]) -> dict[str, Any]:
+    """The ``lightning.Trainer`` keyword arguments of a run's ``trainer`` settings."""
+    cfg = {k: v for k, v in trainer.items() if v is not None and k != EARLY_STOPPING}
+    if cfg.get("precision") == "auto":
+        cfg["precision"] = auto_precision()
+    return cfg
+
+
+def build_trainer(
+    run_dir: Path,
+    trainer: dict[str, Any],
+    *,
+    seed: int,
+    loggers: Sequence[str] = ("csv",),
+    checkpoint: dict[str, Any] | None = None,
+    experiment: str | None = None,
+    compile: bool | dict[str, Any] = False,
+    monitor: str | None = None,
+    mode: str = "max",
+    callbacks: Sequence[Callback] = (),
+) -> L.Trainer:
+    """The Trainer of a run in ``run_dir``.
+
+    Args:
+        trainer: Lightning options (``DEFAULT_TRAINER`` keys and any other ``Trainer``
+            argument; ``max_time`` is Lightning's time limit), plus ``early_stopping``:
+            options of Lightning's ``EarlyStopping`` on ``monitor`` (null: off).
+        checkpoint: ``ModelCheckpoint`` options of a further checkpoint, such as the best
+            epoch's, or None; the folder is always ``run_dir/checkpoints``, and
+            ``last.ckpt`` is always written at the end of every epoch.
+        monitor, mode: the metric model selection and early stopping follow.
+        callbacks: the caller's own callbacks, run after holomodal's.
+    """
+    from lightning.pytorch.callbacks import EarlyStopping, RichProgressBar
+
+    # the CSV log shares the run folder with the run's record on purpose (its history is
+    # merged back on resume), and a resume finds its checkpoint folder full: both notices are noise
+    warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+    cfg = trainer_options(trainer)
+    stack: list[Callback] = [*compile_callbacks(compile), EpochSeed(seed)]
+    if checkpoint is not None:  # first, so that it is Trainer.checkpoint_callback
+        stack.append(RunCheckpoint(dirpath=run_dir / CHECKPOINTS, enable_version_counter=False,
+                                   **{"save_last": False, **checkpoint}))
+    stack.append(LastCheckpoint(run_dir))
+    stopping = trainer.get(EARLY_STOPPING)
+    if stopping and monitor:
+        stack.append(EarlyStopping(monitor=monitor, mode=mode, **dict(stopping)))
+    if cfg.get("enable_progress_bar", True):
+        stack.append(RichProgressBar(leave=True))
+    if os.environ.get("HOLOMODAL_TEST_STEP_DELAY"):
+        stack.append(StepDelayHook(float(os.environ["HOLOMODAL_TEST_STEP_DELAY"])))
+    stack.extend(callbacks)
+    return L.Trainer(
+        default_root_dir=run_dir, logger=make_loggers(loggers, run_dir, experiment) or False, callbacks=stack,
+        plugins=[AtomicCheckpointIO()], enable_model_summary=False, **cfg,
+    )
+
+
+def run_fit(trainer: L.Trainer, module: L.LightningModule, train_loader: Any, val_loader: Any,
+            run_dir: Path, ckpt_path: Path | None = None) -> None:
+    """``trainer.fit``, with a full disk and a checkpoint that does not fit the model turned
+    into errors that say what happened and what is intact."""
+    try:
+        trainer.fit(module, train_loader, val_loader, ckpt_path=None if ckpt_path is None else str(ckpt_path))
+    except Exception as exc:
+        if isinstance(exc, HolomodalError):
+            raise
+        if is_disk_full(exc):
+            where = getattr(exc, "filename", None) or run_dir
+            raise disk_full(where, f"the checkpoints in '{run_dir / CHECKPOINTS}' are intact: free space, then "
+                                   f"resume with `holomodal train --resume {run_dir}`") from None
+        if isinstance(exc, RuntimeError) and ckpt_path is not None and "Error(s) in loading state_dict" in str(exc):
+            lines = str(exc).strip().splitlines()
+            raise ConfigError(
+                f"the checkpoint '{ckpt_path}' does not fit the model this configuration builds "
+                f"({lines[1].strip() if len(lines) > 1 else lines[0]}): resume with the run's own settings"
+            ) from None
+        raise
+
+
+# ---- run-folder records --------------------------------------------------------------------------
+def read_log(path: Path) -> pd.DataFrame | None:
+    """A run's ``metrics.csv``; a last line cut short by a kill is dropped, an unreadable
+    log is left out of the resumed run's history with a warning."""
+    if not path.exists() or not path.stat().st_size:
+        return None
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError):
+        pass
+    lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
+    try:
+        return pd.read_csv(io.StringIO("\n".join(lines[:-1])))
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        log.warning("the training log '%s' is unreadable (%s); the resumed run's log starts afresh", path, exc)
+        return None
+
+
+def merge_log(path: Path, earlier: pd.DataFrame) -> None:
+    """Put the epochs logged before a resume back in front of the resumed run's log; rows of
+    the interrupted epoch are dropped, as the resumed run logged that epoch again. Lightning's
+    CSV logger deletes the log when it starts, so a resume that trained no further epoch
+    writes the earlier log back as it was."""
+    later = read_log(path)
+    if later is None or "epoch" not in later or "epoch" not in earlier:
+        if later is None:
+            write_text(path, earlier.to_csv(index=False))
+        return
+    kept = earlier[earlier["epoch"] < later["epoch"].min()]
+    write_text(path, pd.concat([kept, later], ignore_index=True).to_csv(index=False))
+
+
+def record_text(name: str, content: Any) -> str:
+    if name.endswith(".yaml"):
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_yaml(OmegaConf.create(content))
+    return json.dumps(content, indent=2, default=jsonable)
+
+
+def write_records(run_dir: Path, record: dict[str, Any] | None, *, resume: bool) -> dict[str, str]:
+    """Write the record files (YAML for ``.yaml``, else JSON). On a resume a record that
+    exists is not touched here: the changed ones are returned, to be written by
+    :func:`update_records` once the resumed training has succeeded (a resume that fails, say
+    on settings that do not fit the checkpoint, leaves the run's record as it was)."""
+    pending: dict[str, str] = {}
+    for name, content in (record or {}).items():
+        text = record_text(name, content)
+        target = run_dir / name
+        if resume and target.exists():
+            if target.read_text(encoding="utf-8", errors="replace") != text:
+                pending[name] = text
+            continue
+        write_text(target, text)
+    return pending
+
+
+def update_records(run_dir: Path, pending: dict[str, str]) -> None:
+    for name, text in pending.items():
+        # e.g. a larger trainer.max_epochs: the record says what the model was trained with
+        log.info("resumed run: '%s' updated to the settings of the resume", run_dir / name)
+        write_text(run_dir / name, text)
+
+
+__all__ = [
+    "DEFAULT_TRAINER", "KNOWN_LOGGERS", "AtomicCheckpointIO", "EpochSeed", "LastCheckpoint", "RunCheckpoint",
+    "auto_precision", "build_trainer",
+    "check_loggers", "make_loggers", "merge_log", "read_log", "run_fit", "update_records", "write_records",
+]
