@@ -3,6 +3,7 @@
 import json
 
 import pandas as pd
+import pytest
 
 from holomodal.cli import main
 
@@ -45,3 +46,39 @@ def test_bad_override_is_a_clear_error(capsys, tmp_path):
     assert "key=value" in capsys.readouterr().err
     assert main(["train", "-c", "no_such_config"]) == 2
     assert "no_such_config" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["evaluate", "RUN", "--n-boot", "-1"], "argument --n-boot: must be >= 0, got -1"),
+    (["evaluate", "RUN", "--n-boot", "many"], "argument --n-boot: 'many' is not a whole number"),
+    (["evaluate", "RUN", "--seed", "1.5"], "argument --seed: '1.5' is not a whole number"),
+    (["evaluate", "RUN", "--rates", "0,1.5"], "argument --rates: missing rate 1.5 is outside [0, 1]"),
+    (["evaluate", "RUN", "--rates", "0,lots"], "argument --rates: missing rate 'lots' is not a number"),
+    (["evaluate", "RUN", "--missing", "rvm,rvx"], "argument --missing: unknown missingness kind(s) ['rvx']"),
+    (["export", "RUN", "--onnx", "--rows", "0"], "argument --rows: must be >= 1, got 0"),
+    (["data", "prepare", "dvm", "--min-adverts", "0"], "argument --min-adverts: must be >= 1, got 0"),
+])
+def test_cli_arguments_are_range_checked(argv, fragment, tmp_path, capsys):
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as info:
+        main([str(run) if a == "RUN" else a for a in argv])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and fragment in err and "usage:" in err and "Traceback" not in err
+    assert not run.exists()
+
+
+def test_data_commands_name_what_they_need(capsys):
+    assert main(["data", "check"]) == 2
+    err = capsys.readouterr().err
+    assert "needs a data set name" in err and "--schema FILE --table TABLE" in err
+    assert main(["data", "infer", "--label", "y"]) == 2
+    assert "needs a table" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--train", "--val", "--test", "--schema", "--label", "--image", "--text", "--ignore", "--group"):
+        assert flag in out
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    out = capsys.readouterr().out
+    assert "--keep" in out and "--on-unreadable" in out

@@ -60,6 +60,22 @@ def test_bootstrap_is_seeded(fitted):
     pd.testing.assert_frame_equal(a, b)
 
 
+def test_mask_seeds_redraw_the_masks_and_average_over_draws(fitted):
+    clf, _, test = fitted
+
+    def auroc(result):
+        return result[result["metric"] == "auroc"].iloc[0]
+
+    singles = [auroc(robustness_sweep(clf, test, ["rvm"], [0.5], n_boot=20, mask_seeds=[s])) for s in (0, 1, 2)]
+    assert len({round(r["value"], 9) for r in singles}) > 1  # a different seed is a different mask
+    pooled = robustness_sweep(clf, test, ["rvm"], [0.5], n_boot=60, mask_seeds=[0, 1, 2])
+    assert auroc(pooled)["value"] == pytest.approx(np.mean([r["value"] for r in singles]), abs=1e-9)
+    assert pooled.attrs["mask_seeds"] == [0, 1, 2]
+    # the pooled interval spans the mask draws' own values
+    assert auroc(pooled)["ci_low"] <= min(r["value"] for r in singles)
+    assert auroc(pooled)["ci_high"] >= max(r["value"] for r in singles)
+
+
 def test_ranking_needs_the_training_split(fitted):
     clf, _, test = fitted
     with pytest.raises(DataError, match="ranking.*training split"):

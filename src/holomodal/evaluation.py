@@ -16,6 +16,7 @@ import logging
 import os
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,7 +26,7 @@ import torch
 
 from holomodal.errors import ConfigError, DataError
 from holomodal.estimator import Classifier
-from holomodal.methods.base import make_metrics, metric_args
+from holomodal.methods.base import compute_metrics, make_metrics
 from holomodal.missingness import KINDS, TABULAR_KINDS, MissingnessPlan, MissingnessSpec
 from holomodal.runs import jsonable
 from holomodal.schema import TABULAR, Task
@@ -93,15 +94,6 @@ def bootstrap_rows(target: torch.Tensor, task: str, n_boot: int, seed: int, max_
     return out
 
 
-def _scores(metrics: Any, task: str, probs: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-    out = {}
-    for name, metric in metrics.items():
-        metric.reset()
-        metric.update(*metric_args(task, name, probs, target))
-        out[name] = float(metric.compute())
-    return out
-
-
 def robustness_sweep(
     clf: Classifier,
     frame: pd.DataFrame,
@@ -114,6 +106,7 @@ def robustness_sweep(
     split: str = "test",
     train: pd.DataFrame | None = None,
     ci: float = 0.95,
+    mask_seeds: Sequence[int] | None = None,
 ) -> pd.DataFrame:
     """Metrics of ``clf`` on the labelled ``frame`` under each missingness kind and rate.
 
@@ -121,7 +114,14 @@ def robustness_sweep(
     masks add to the data's natural missingness (the model's own training-time specs are not
     applied) and use the seeds the training plan would use for ``split``. ``mifm``/``lifm`` use the model's ranking, or one fitted on ``train``
     when the model has none. Tabular kinds on data without tabular columns are skipped;
-    ``result.attrs["skipped"]`` says why, and the other attrs describe the sweep.
+    ``result.attrs["skipped"]`` says why; a metric the split's labels cannot define (AUROC with
+    one class present, say) is NaN, its reason in ``result.attrs["undefined"]``. The other
+    attrs describe the sweep.
+
+    ``mask_seeds`` re-draws every synthetic mask with each seed: the value is the mean over
+    the draws, and bootstrap resample ``b`` is scored under draw ``b mod len(mask_seeds)``,
+    so the interval covers the mask draw as well as the rows. Without it the masks use the
+    seed of the spec (the default one, 2021), one draw.
     """
     clf._check_fitted()
     kinds = list(dict.fromkeys(kinds)) or [NO_MISSINGNESS]
@@ -146,9 +146,11 @@ def robustness_sweep(
                             "without one: pass the training split (train=...) to fit it")
         ranking, ranking_source = fit_importance_ranking(clf, train), "fitted on the training split"
 
+    mask_seeds = [None] if not mask_seeds else [int(x) for x in mask_seeds]
     target = base.target
     resamples = bootstrap_rows(target, task, n_boot, seed)
     metrics = make_metrics(task, num_classes)
+    classes, undefined = clf.preprocessor_.classes_, {}
     alpha = (1.0 - ci) / 2.0
     rows: list[dict[str, Any]] = []
     cache: dict[tuple, list[dict[str, Any]]] = {}
@@ -162,18 +164,26 @@ def robustness_sweep(
                 spec = MissingnessSpec(kind, rate, drop=drop if kind == "modality" else None)
                 plan = MissingnessPlan([spec], ranking)
             if key not in cache:
-                batch = base
-                if plan is not None:
-                    masks = plan.masks(split, len(base), n_tab, list(base.present))
-                    cells = None if masks.cell_missing is None else torch.from_numpy(masks.cell_missing)
-                    batch = base.with_masks(cells, {m: torch.from_numpy(k) for m, k in masks.keep.items()})
-                probs = torch.from_numpy(clf._probabilities(batch))
-                point = _scores(metrics, task, probs, target)
+                draws = []  # one (probabilities, point metrics) per mask draw
+                for mask_seed in (mask_seeds if plan is not None else [None]):
+                    batch = base
+                    if plan is not None:
+                        masks = _reseeded(plan, mask_seed).masks(split, len(base), n_tab, list(base.present))
+                        cells = None if masks.cell_missing is None else torch.from_numpy(masks.cell_missing)
+                        batch = base.with_masks(cells, {m: torch.from_numpy(k) for m, k in masks.keep.items()})
+                    probs = torch.from_numpy(clf._probabilities(batch))
+                    point = compute_metrics(task, num_classes, probs, target, metrics=metrics, class_names=classes)
+                    undefined.update(point.undefined)
+                    draws.append((probs, point))
                 with warnings.catch_warnings():
-                    # torchmetrics warns when a multi-label resample lacks a label; NaN is dropped below
+                    # a resample that lacks a class gives NaN (with a warning), dropped below
                     warnings.simplefilter("ignore")
-                    boot = [_scores(metrics, task, probs[idx], target[idx]) for idx in torch.from_numpy(resamples)]
-                cache[key] = [point, *boot]
+                    # resample b is scored under mask draw b mod n: the interval covers the
+                    # variation between mask draws as well as between rows
+                    boot = [compute_metrics(task, num_classes, draws[b % len(draws)][0][idx], target[idx], metrics=metrics)
+                            for b, idx in enumerate(torch.from_numpy(resamples))]
+                mean_point = {name: float(np.mean([p[name] for _, p in draws])) for name in draws[0][1]}
+                cache[key] = [mean_point, *boot]
             point, *boot = cache[key]
             for name, value in point.items():
                 samples = np.array([b[name] for b in boot], dtype=float)
@@ -184,10 +194,17 @@ def robustness_sweep(
     result = pd.DataFrame(rows, columns=COLUMNS)
     result.attrs.update({
         "split": split, "rows": len(base), "n_boot": int(n_boot), "seed": int(seed), "ci": ci,
-        "drop": drop, "kinds": kinds, "rates": rates, "skipped": skipped,
+        "drop": drop, "kinds": kinds, "rates": rates, "skipped": skipped, "mask_seeds": mask_seeds,
+        "undefined": undefined,
         "ranking": None if ranking is None else {"source": ranking_source, "columns": list(ranking)},
     })
     return result
+
+
+def _reseeded(plan: MissingnessPlan, seed: int | None) -> MissingnessPlan:
+    if seed is None:
+        return plan
+    return MissingnessPlan([replace(spec, seed=seed) for spec in plan.specs], plan.ranking_)
 
 
 def sweep_table(result: pd.DataFrame) -> pd.DataFrame:
@@ -308,6 +325,7 @@ def evaluate_run(
     drop: str = "all",
     n_boot: int = 200,
     seed: int = 0,
+    mask_seeds: Sequence[int] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Path]]:
     """The sweep of a run folder on its own ``split`` (or on the labelled table ``data``),
     written into the folder. The training split is read only when a ranking must be fitted."""
@@ -335,7 +353,8 @@ def evaluate_run(
                                 "and the run holds no config.yaml")
             splits = load_splits(cfg["data"])
         train = splits.train
-    result = robustness_sweep(clf, frame, kinds, rates, drop=drop, n_boot=n_boot, seed=seed, split=split, train=train)
+    result = robustness_sweep(clf, frame, kinds, rates, drop=drop, n_boot=n_boot, seed=seed, split=split, train=train,
+                              mask_seeds=mask_seeds)
     extra = {"run": str(run), "method": clf.method, "data": cfg.get("data", {}).get("name") or (str(data) if data else None)}
     paths = write_sweep(result, run, title=f"{run.name} ({clf.method}, {split})", extra=extra)
     return result, paths

@@ -63,3 +63,27 @@ def test_expert_stage_trains_each_expert_on_its_own_loss():
     # the image expert's gradient does not depend on the audio expert: training alone
     grads = {n: p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters()}
     assert all(grads.values())
+
+
+def test_regression_prediction_is_the_precision_weighted_mean_of_present_experts():
+    ctx = ModelContext(_context().input_specs, _context().modality_types, num_classes=1, task="regression")
+    enc = {"image": {"name": "lenet", "channels": 2, "blocks": 2}, "audio": {"name": "lenet", "channels": 2, "blocks": 2}}
+    torch.manual_seed(0)
+    model = create_method("i2m2", ctx, encoders=enc, head={"hidden": 16}).eval()
+    with torch.no_grad():
+        model.log_variance["image"].fill_(-1.0)
+        model.log_variance["audio"].fill_(0.5)
+    batch = _batch()
+    batch.target = torch.randn(len(batch))
+    with torch.no_grad():
+        means = {k: v.reshape(-1) for k, v in model.expert_logits(batch).items()}
+        out = model(batch).reshape(-1)
+    lam = {k: torch.exp(-model.log_variance[k]).detach() for k in means}
+    audio = batch.present["audio"].float()
+    expected = (lam["image"] * means["image"] + lam["audio"] * audio * means["audio"] + lam["inter"] * means["inter"]) / \
+        (lam["image"] + lam["audio"] * audio + lam["inter"])
+    torch.testing.assert_close(out, expected)
+    # the Gaussian NLL trains the variances too
+    model.train()
+    model.training_loss(batch).backward()
+    assert all(p.grad is not None and p.grad.abs() > 0 for p in model.log_variance.values())

@@ -37,7 +37,9 @@ GENDER = {0: "female", 1: "male"}
 ICU_TYPE = {1: "coronary_care", 2: "cardiac_surgery_recovery", 3: "medical", 4: "surgical"}
 STATIC = ("Age", "Gender", "Height", "ICUType", "Weight")
 # bump when the parsed layout changes, so stale caches are not read back
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+# the outcomes a bundle can be labelled with; length of stay (days) is a regression target
+TARGETS = ("in_hospital_death", "length_of_stay")
 
 
 def _read_archive(archive: Path) -> tuple[list[str], list[bytes], dict[str, bytes]]:
@@ -105,9 +107,11 @@ def _parse(archive: Path) -> dict[str, np.ndarray]:
     counts = np.bincount(stay[keep], minlength=len(bodies))
 
     deaths: dict[int, int] = {}
+    stays: dict[int, float] = {}
     for raw in outcome_files.values():
         table = pd.read_csv(io.BytesIO(raw))
         deaths.update(zip(table["RecordID"].astype(int), table["In-hospital_death"].astype(int)))
+        stays.update(zip(table["RecordID"].astype(int), table["Length_of_stay"].astype(float)))
     record = static["RecordID"].astype(np.int64)
     unknown = [int(r) for r in record if int(r) not in deaths]
     if unknown:
@@ -121,6 +125,7 @@ def _parse(archive: Path) -> dict[str, np.ndarray]:
         "RecordID": record[order],
         "set_b": in_set_b[order],
         "death": np.array([deaths[int(r)] for r in record[order]], dtype=np.int64),
+        "length_of_stay": np.array([stays[int(r)] for r in record[order]], dtype=np.float64),
         "offsets": np.concatenate([[0], np.cumsum([len(b) for b in blocks])]).astype(np.int64),
         "obs": np.concatenate(blocks) if blocks else np.zeros((0, 3), np.float32),
     })
@@ -157,7 +162,14 @@ def _categorical(codes: np.ndarray, names: dict[int, str]) -> pd.Series:
 
 
 @register_dataset("physionet2012")
-def load_physionet2012(root: Path, seed: int = 0, val_fraction: float = 0.2, use_cache: bool = True) -> DatasetBundle:
+def load_physionet2012(root: Path, seed: int = 0, val_fraction: float = 0.2, use_cache: bool = True,
+                       target: str = "in_hospital_death") -> DatasetBundle:
+    """``target``: ``in_hospital_death`` (binary) or ``length_of_stay`` (days in hospital,
+    regression; -1 "unknown" entries and stays under one day, which the challenge notes as
+    recording errors, are left out). The splits are the same rows for both targets, up to
+    those left out: stratified on death, set B the test split."""
+    if target not in TARGETS:
+        raise ConfigError(f"data set 'physionet2012': target must be one of {list(TARGETS)}, not '{target}'")
     if not 0.0 < val_fraction < 1.0:
         raise ConfigError(f"data set 'physionet2012': val_fraction must be between 0 and 1, not {val_fraction}")
     archive = Path(root) / ARCHIVE
@@ -175,12 +187,21 @@ def load_physionet2012(root: Path, seed: int = 0, val_fraction: float = 0.2, use
         "ICUType": _categorical(static["ICUType"], ICU_TYPE),
         "timeseries": object_cells(np.split(arrays["obs"], offsets[1:-1])),
         "in_hospital_death": arrays["death"].astype(np.int64),
+        "length_of_stay": arrays["length_of_stay"].astype(np.float64),
     })
     set_b = arrays["set_b"].astype(bool)
     set_a_rows = np.flatnonzero(~set_b)
     parts = stratified_split(frame["in_hospital_death"].to_numpy()[set_a_rows],
                              {"train": 1.0 - val_fraction, "val": val_fraction}, seed)
     splits = {"train": set_a_rows[parts["train"]], "val": set_a_rows[parts["val"]], "test": np.flatnonzero(set_b)}
+    if target == "length_of_stay":
+        known = frame["length_of_stay"].to_numpy() >= 1
+        splits = {name: rows[known[rows]] for name, rows in splits.items()}
+        label = [Column("length_of_stay", Modality.LABEL, {"task": "regression"})]
+        frame = frame.drop(columns=["in_hospital_death"])
+    else:
+        label = [Column("in_hospital_death", Modality.LABEL, {"task": "binary", "classes": ["survived", "died"]})]
+        frame = frame.drop(columns=["length_of_stay"])
     schema = Schema([
         Column("RecordID", Modality.ID),
         Column("Age", Modality.CONTINUOUS),
@@ -189,6 +210,6 @@ def load_physionet2012(root: Path, seed: int = 0, val_fraction: float = 0.2, use
         Column("Gender", Modality.CATEGORICAL),
         Column("ICUType", Modality.CATEGORICAL),
         Column("timeseries", Modality.TIMESERIES, {"channels": list(SERIES), "hours": 48}),
-        Column("in_hospital_death", Modality.LABEL, {"task": "binary", "classes": ["survived", "died"]}),
+        *label,
     ])
     return make_bundle("physionet2012", frame, schema, splits)

@@ -1,7 +1,9 @@
-"""Any timm backbone as an image encoder (pretrained weights only when asked for)."""
+"""Any timm backbone as an image encoder; pretrained weights from timm's cache, never a download
+unless asked for."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -9,6 +11,56 @@ from torch import Tensor
 
 from holomodal.encoders import register_encoder
 from holomodal.encoders.base import Encoder, PixelNormalizer, mask_absent, require
+from holomodal.errors import ConfigError
+
+
+class PretrainedWeightsWarning(UserWarning):
+    """Pretrained weights were asked for with ``pretrained: auto`` but are not in the cache."""
+
+
+_warned: set[str] = set()
+
+
+def warn_random_init(model_name: str) -> None:
+    if model_name not in _warned:
+        _warned.add(model_name)
+        warnings.warn(
+            f"no pretrained weights for timm model '{model_name}' in the local cache: it starts from random "
+            f"initialisation. To use them, download once (python -c \"import timm; timm.create_model('{model_name}', "
+            "pretrained=True)\") or set the encoder's pretrained: false to silence this",
+            PretrainedWeightsWarning, stacklevel=3,
+        )
+
+
+def cached_weights(model_name: str) -> str | None:
+    """The local file of a timm model's default pretrained weights, or None; looks in the
+    Hugging Face hub cache and torch hub's checkpoint folder, without any network access."""
+    import os
+
+    import torch.hub
+    from timm.models import get_pretrained_cfg
+
+    try:
+        cfg = get_pretrained_cfg(model_name)
+    except Exception:  # an unknown name: timm.create_model reports it
+        return None
+    if cfg is None:
+        return None
+    hub_id = getattr(cfg, "hf_hub_id", None)
+    if hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, _, revision = hub_id.partition("@")
+        for filename in ("model.safetensors", "pytorch_model.bin"):
+            found = try_to_load_from_cache(repo, filename, revision=revision or None)
+            if isinstance(found, str) and os.path.isfile(found):
+                return found
+    url = getattr(cfg, "url", None)
+    if url:
+        local = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url.split("?")[0]))
+        if os.path.isfile(local):
+            return local
+    return None
 
 
 @register_encoder("timm")
@@ -19,7 +71,10 @@ class TimmImageEncoder(Encoder):
     Args:
         input_spec: ``{"channels": C, "size": S, "mean": [...], "std": [...]}``.
         model_name: any name from ``timm.list_models()``.
-        pretrained: load timm's pretrained weights (needs them cached or a network).
+        pretrained: ``"auto"``: timm's pretrained weights when the local cache (Hugging Face
+            hub or torch hub) holds them, else random initialisation with one
+            :class:`PretrainedWeightsWarning`, and never a download; ``True``: load them
+            through timm, downloading if needed; ``False``: random initialisation.
         channels_last: run the backbone in NHWC memory format (faster convolutions on
             tensor-core GPUs, especially under mixed precision).
         normalize: normalise with the spec's mean/std; ``False`` feeds pixels in [0, 1], as
@@ -31,7 +86,7 @@ class TimmImageEncoder(Encoder):
         self,
         input_spec: dict[str, Any],
         model_name: str = "resnet18",
-        pretrained: bool = False,
+        pretrained: bool | str = "auto",
         channels_last: bool = False,
         normalize: bool = True,
         **timm_kwargs: Any,
@@ -41,6 +96,15 @@ class TimmImageEncoder(Encoder):
 
         require(input_spec, "channels", encoder="timm")
         channels = int(input_spec["channels"])
+        if pretrained == "auto":
+            cached = cached_weights(model_name)
+            if cached is None:
+                warn_random_init(model_name)
+            else:
+                timm_kwargs.setdefault("pretrained_cfg_overlay", {"file": cached})
+            pretrained = cached is not None
+        elif not isinstance(pretrained, bool):
+            raise ConfigError(f"timm: pretrained must be true, false or 'auto', not {pretrained!r}")
         self.backbone = timm.create_model(model_name, pretrained=pretrained, in_chans=channels, num_classes=0, **timm_kwargs)
         if normalize:
             self.normalize = PixelNormalizer(channels, input_spec.get("mean"), input_spec.get("std"))
