@@ -136,6 +136,10 @@ def test_every_bundled_experiment_config_is_valid(path):
     ("model.optim={lr: 1}", "'model.optim'", "top-level optim section"),
     ("data.name=covid", "'data.name'", "did you mean 'covid_cxr'"),
     ("data.train=${nowhere}/train.parquet", "'data.train'", "cannot be resolved"),
+    ("trainer.early_stopping.patiense=3", "'trainer.early_stopping.patiense'", "did you mean 'patience'"),
+    ("trainer.early_stopping.patience=0", "'trainer.early_stopping.patience'", "whole number >= 1, got 0"),
+    ("trainer.early_stopping.monitor=val/loss", "'trainer.early_stopping.monitor'", "top-level monitor"),
+    ("baselines=3", "'baselines'", "must be true or false, got 3"),
 ])
 def test_values_and_nested_keys_are_checked(tiny, override, key, fragment):
     with pytest.raises(ConfigError) as info:

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Mapping, NoReturn
 import lightning as L
 import torch
 from lightning.pytorch.accelerators import AcceleratorRegistry
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.strategies import StrategyRegistry
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -28,7 +29,6 @@ from holomodal.config import DEFAULT_SOURCE, config_sources, default_config
 from holomodal.data import get_loader, list_datasets
 from holomodal.encoders import ENCODERS
 from holomodal.errors import ConfigError
-from holomodal.estimator import KNOWN_LOGGERS, _check_loggers
 from holomodal.fusion import FUSIONS
 from holomodal.fusion.cross_attention import CrossAttentionFusion
 from holomodal.losses import ImageTabularContrastiveLoss, MaskedTabularReconstructionLoss
@@ -37,7 +37,8 @@ from holomodal.methods.base import make_metrics, mlp_head
 from holomodal.methods.late_fusion import LateFusion
 from holomodal.methods.tip import DEFAULT_IMAGE_ENCODER, DEFAULT_TABULAR_ENCODER, TABULAR
 from holomodal.missingness import MissingnessPlan, MissingnessSpec
-from holomodal.pretraining import PRETRAINING_METHODS
+from holomodal.pretraining import PRETRAINING
+from holomodal.training import EARLY_STOPPING, KNOWN_LOGGERS, check_loggers
 
 PYTHON_SOURCE = "the configuration given in Python"
 # the optimisers holomodal.methods.base.build_optimizer makes, by name
@@ -211,6 +212,8 @@ class _Checker:
         self.monitor()
         self.run(mode)
         self.pretrain()
+        if not isinstance(self.cfg.get("baselines", False), bool):
+            self.fail("baselines", f"must be true or false, got {self.cfg['baselines']!r}")
         return used
 
     def top_level(self, variables: set[str]) -> set[str]:
@@ -236,7 +239,7 @@ class _Checker:
 
     def method(self, mode: str) -> None:
         name = self.cfg.get("method")
-        self.choice("method", name, PRETRAINING_METHODS if mode == "pretrain" else METHODS.list(),
+        self.choice("method", name, PRETRAINING.list() if mode == "pretrain" else METHODS.list(),
                     "pre-training method" if mode == "pretrain" else "method")
         # one model section serves `pretrain` and `train`: the fine-tuning method's constructor
         # takes every pre-training option too
@@ -294,7 +297,17 @@ class _Checker:
 
     def trainer(self) -> None:
         trainer = self.section("trainer", self.cfg.get("trainer"))
-        self.keys("trainer", trainer, options_of(L.Trainer, fixed=RESERVED_TRAINER), "lightning.Trainer", reasons=RESERVED_TRAINER)
+        self.keys("trainer", trainer, options_of(L.Trainer, fixed=RESERVED_TRAINER), "lightning.Trainer", reasons=RESERVED_TRAINER,
+                  extra=(EARLY_STOPPING,))
+        stopping = trainer.get(EARLY_STOPPING)
+        if stopping is not None:
+            path = f"trainer.{EARLY_STOPPING}"
+            options = self.section(path, stopping)
+            # monitor and mode follow the run's monitored metric
+            self.keys(path, options, options_of(EarlyStopping, fixed=("monitor", "mode")), "lightning's EarlyStopping",
+                      reasons={"monitor": "early stopping follows the top-level monitor", "mode": "it follows the monitored metric"})
+            if "patience" in options:
+                self.integer(f"{path}.patience", options["patience"], 1)
         epochs = trainer.get("max_epochs")
         if epochs is not None and epochs != -1:
             self.integer("trainer.max_epochs", epochs, 1, also=" (or -1: no limit)")
@@ -366,7 +379,7 @@ class _Checker:
             self.fail("run.dir", f"must be a folder path, got {run['dir']!r}")
         loggers = self.strings("run.loggers", run.get("loggers"), KNOWN_LOGGERS, "logger")
         if mode == "train":  # pre-training logs to csv and tensorboard only
-            _check_loggers(loggers)
+            check_loggers(loggers)
         compile_ = run.get("compile")
         if not isinstance(compile_, (bool, type(None))):
             self.keys("run.compile", self.section("run.compile", compile_), options_of(torch.compile, fixed=("model",)),

@@ -47,6 +47,11 @@ from holomodal.training import (  # noqa: F401  (AtomicCheckpointIO, EpochSeed, 
 )
 
 FORMAT_VERSION = 1
+# supervised runs stop once the monitored metric has not improved for this many validation
+# rounds (TIP's setting); trainer.early_stopping: null turns it off
+DEFAULT_EARLY_STOPPING = {"patience": 10, "min_delta": 0.0002}
+# metrics for which smaller is better; every other monitored metric is maximised
+LOWER_IS_BETTER = ("rmse", "mae", "loss")
 RUN_DIR_ENV = "HOLOMODAL_RUN_DIR"
 MODEL_DIR = "model"
 log = logging.getLogger("holomodal")
@@ -59,6 +64,15 @@ _auto_precision = auto_precision
 def _rebuild_error(path: Path, exc: BaseException) -> DamagedFileError:
     text = str(exc).strip().splitlines()
     return DamagedFileError(path, f"cannot rebuild the model it describes ({type(exc).__name__}: {text[0] if text else ''})")
+
+
+def without_pretrained(options: Any) -> Any:
+    """``options`` with every ``pretrained`` setting, at any depth, turned off."""
+    if isinstance(options, dict):
+        return {k: (False if k == "pretrained" and v not in (None, False) else without_pretrained(v)) for k, v in options.items()}
+    if isinstance(options, list):
+        return [without_pretrained(v) for v in options]
+    return options
 
 
 class Classifier:
@@ -85,7 +99,7 @@ class Classifier:
         self.batch_size = batch_size
         self.missing = list(missing)
         self.seed = seed
-        self.trainer = {**DEFAULT_TRAINER, **(trainer or {})}
+        self.trainer = {**DEFAULT_TRAINER, "early_stopping": dict(DEFAULT_EARLY_STOPPING), **(trainer or {})}
         self.monitor = monitor
         self.run_dir = run_dir
         self.loggers = list(loggers)
@@ -104,7 +118,12 @@ class Classifier:
     def monitor_metric(self) -> str:
         if self.monitor != "auto":
             return self.monitor
-        return {Task.BINARY: "val/auroc", Task.MULTICLASS: "val/accuracy", Task.MULTILABEL: "val/f1_macro"}[self.schema.task]
+        return {Task.BINARY: "val/auroc", Task.MULTICLASS: "val/accuracy", Task.MULTILABEL: "val/f1_macro",
+                Task.REGRESSION: "val/rmse"}[self.schema.task]
+
+    @property
+    def monitor_mode(self) -> str:
+        return "min" if self.monitor_metric.rsplit("/", 1)[-1].endswith(LOWER_IS_BETTER) else "max"
 
     # ---- encoding ----------------------------------------------------------------------
     def _encode(self, df: pd.DataFrame, split: str, plan: MissingnessPlan | None, with_target: bool = True) -> tuple[Batch, dict[str, Any]]:
@@ -123,7 +142,9 @@ class Classifier:
     def _context(self) -> ModelContext:
         pre = self.preprocessor_
         types = {m: self.schema.modality_type(m).value if m != "tabular" else "tabular" for m in pre.processors}
-        return ModelContext(pre.input_specs, types, pre.num_classes, self.schema.task.value, list(pre.classes_))
+        rows = getattr(self, "train_rows_", None)
+        return ModelContext(pre.input_specs, types, pre.num_classes, self.schema.task.value, list(pre.classes_),
+                            train_rows=rows)
 
     def _build_model(self) -> ClassificationMethod:
         return create_method(self.method, self._context(), optim=self.optim, **self.model)
@@ -175,6 +196,10 @@ class Classifier:
         adopt = getattr(METHODS.get(self.method), "adopt_pretraining", None)
         if adopt is not None:
             self.model = adopt(self.preprocessor_, self.model)
+        self.train_rows_ = len(train)
+        # the defaults the method fills in (its encoders, chosen by modality and data size) are
+        # written out, so that the run's record and the saved model say what was built
+        self.model = METHODS.get(self.method).resolve_options(self._context(), self.model)
         self.plan_ = MissingnessPlan.from_config(self.missing)
         if self.plan_.needs_ranking:
             labels = self.preprocessor_.encode_labels(train[self.schema.label.name]).numpy()
@@ -210,7 +235,36 @@ class Classifier:
             self.model_.load_state_dict(self._checkpoint_weights(best))
         self.model_.eval()
         self.best_checkpoint_ = str(best) if best.exists() else ""
+        if rank == 0:
+            self._finish_run(val)
         return self
+
+    def _finish_run(self, val: pd.DataFrame | None) -> None:
+        """What a finished run folder holds besides its record, for a run made in Python as for
+        one made by ``holomodal train``: the validation metrics, the model, the curves."""
+        from holomodal.plots import plot_training_curves
+        from holomodal.runs import write_json, write_text
+
+        metrics = self.evaluate(val, missing=self.missing or None, split="val") if val is not None else None
+        results: dict[str, Any] = {"best_checkpoint": self.best_checkpoint_}
+        if metrics is not None:
+            results["val"] = dict(metrics)
+            if metrics.undefined:
+                results["undefined"] = {"val": metrics.undefined}
+        write_json(self.run_dir_ / "metrics.json", results)
+        rows = [] if metrics is None else [{"split": "val", **metrics}]
+        write_text(self.run_dir_ / "results.csv", pd.DataFrame(rows).to_csv(index=False))
+        self.save(self.run_dir_ / MODEL_DIR)
+        plot_training_curves(self.run_dir_ / "metrics.csv", self.run_dir_ / "training_curves.png")
+
+    def config_record(self) -> dict[str, Any]:
+        """The run's settings as a configuration file holds them (``config.yaml`` of a run
+        made in Python); the data section carries the schema, as the tables are the caller's."""
+        params = self.get_params()
+        run = {"dir": str(getattr(self, "run_dir_", self.run_dir) or ""), "loggers": params.pop("loggers"),
+               "compile": params.pop("compile")}
+        params.pop("data_name")
+        return {"data": {"schema": self.schema.to_dict(), "label": self.schema.label.name}, **params, "run": run}
 
     @staticmethod
     def _resume_checkpoint(run_dir: Path) -> Path:
@@ -237,6 +291,10 @@ class Classifier:
 
     def _write_run_record(self, record: dict[str, Any] | None, train_summary: dict, val_summary: dict | None,
                           resume: bool) -> dict[str, str]:
+        if record is None:
+            record = {"config.yaml": self.config_record()}
+        elif isinstance(record.get("config.yaml"), dict):
+            record = {**record, "config.yaml": {**record["config.yaml"], "model": self.model}}
         pending = write_records(self.run_dir_, record, resume=resume)
         records = {"schema.json": self.schema.to_dict(), "missingness.json": self.plan_.to_dict(),
                    "data_summary.json": {"train": train_summary, "val": val_summary}}
@@ -249,8 +307,8 @@ class Classifier:
         monitor = self.monitor_metric if has_val else None
         return build_trainer(
             self.run_dir_, self.trainer, seed=self.seed, loggers=self.loggers, experiment=self.data_name,
-            compile=self.compile, monitor=monitor, mode="max",
-            checkpoint={"filename": "best", "monitor": monitor, "mode": "max"},
+            compile=self.compile, monitor=monitor, mode=self.monitor_mode,
+            checkpoint={"filename": "best", "monitor": monitor, "mode": self.monitor_mode},
         )
 
     # ---- inference ---------------------------------------------------------------------
@@ -280,6 +338,8 @@ class Classifier:
 
     def predict(self, df: pd.DataFrame, missing: Sequence[str | dict] | None = None) -> np.ndarray:
         proba = self.predict_proba(df, missing)
+        if self.schema.task == Task.REGRESSION:
+            return self.preprocessor_.decode_values(proba[:, 0])
         if self.schema.task == Task.MULTILABEL:
             return (proba >= 0.5).astype(int)
         return np.asarray(self.preprocessor_.classes_)[proba.argmax(axis=1)]
@@ -302,7 +362,11 @@ class Classifier:
         self._check_fitted()
         batch, _ = self._encode(df, split, self._plan_for(missing))
         probs = torch.from_numpy(self._probabilities(batch))
-        return compute_metrics(self.schema.task.value, self.preprocessor_.num_classes, probs, batch.target,
+        target = batch.target
+        if self.schema.task == Task.REGRESSION:  # errors in the label's own units
+            probs = torch.from_numpy(np.asarray(self.preprocessor_.decode_values(probs[:, 0].numpy()), np.float32)[:, None])
+            target = torch.from_numpy(np.asarray(self.preprocessor_.decode_values(target.numpy()), np.float32).reshape(target.shape))
+        return compute_metrics(self.schema.task.value, self.preprocessor_.num_classes, probs, target,
                                class_names=self.preprocessor_.classes_)
 
     # ---- persistence -------------------------------------------------------------------
@@ -376,8 +440,11 @@ class Classifier:
         try:
             pre = Preprocessor.from_state(meta["preprocessor"])
             params = copy.deepcopy(meta["params"])
+            # the saved weights replace any pretrained ones: never look for them (or download them)
+            params["model"] = without_pretrained(params.get("model") or {})
             clf = cls(pre.schema, **params)
             clf.preprocessor_ = pre
+            clf.train_rows_ = (meta.get("context") or {}).get("train_rows")
             clf.plan_ = MissingnessPlan.from_dict(meta["missingness"])
             clf.model_ = clf._build_model()
         except HolomodalError:

@@ -18,7 +18,6 @@ from omegaconf.errors import OmegaConfBaseException
 from holomodal.config_check import checked_config
 from holomodal.errors import ConfigError, DataError, HolomodalError, SchemaError
 from holomodal.estimator import Classifier
-from holomodal.plots import plot_training_curves
 from holomodal.preprocessing import Preprocessor
 from holomodal.runs import write_json, write_text
 from holomodal.schema import Inference, Schema, Task, infer_schema
@@ -242,9 +241,8 @@ def run_training(cfg: DictConfig | dict, *, resume: bool = False) -> dict[str, A
             if metrics.undefined:  # NaN in the table; the reason is kept beside it
                 results.setdefault("undefined", {})[split] = metrics.undefined
             rows.append({"split": split, **metrics})
+    # fit() wrote the model, the curves and the validation results; the test split joins them
     write_json(run_dir / "metrics.json", results)
     write_text(run_dir / "results.csv", pd.DataFrame(rows).to_csv(index=False))
-    clf.save(run_dir / "model")
-    plot_training_curves(run_dir / "metrics.csv", run_dir / "training_curves.png")
     results["run_dir"] = str(run_dir)
     return results

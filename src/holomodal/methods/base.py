@@ -7,6 +7,8 @@ subclass implements :meth:`forward` (``Batch -> logits``) and may override
 
 from __future__ import annotations
 
+import inspect
+
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -294,6 +296,15 @@ class ClassificationMethod(FiniteLossGuard, L.LightningModule):
         metrics = make_metrics(context.task, context.num_classes)
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
+
+    @classmethod
+    def resolve_options(cls, context: ModelContext, options: dict[str, Any]) -> dict[str, Any]:
+        """``options`` with the defaults this method would fill in written out (its encoders,
+        by modality name), so that a run's record says what was built. A method with other
+        defaults overrides this."""
+        if "encoders" not in inspect.signature(cls.__init__).parameters:
+            return dict(options)
+        return {**options, "encoders": resolve_encoders(context, options.get("encoders"))}
 
     # ---- to implement ------------------------------------------------------------------
     def forward(self, batch: Batch) -> Tensor:  # logits (B, num_classes)

@@ -58,6 +58,10 @@ class ClassicalMethod:
     def is_regression(self) -> bool:
         return self.task == REGRESSION
 
+    @classmethod
+    def resolve_options(cls, context: ModelContext, options: dict[str, Any]) -> dict[str, Any]:
+        return dict(options)
+
     def fit(self, batch: Batch, texts: dict[str, list[str]] | None = None) -> "ClassicalMethod":
         self.fit_arrays(batch, texts, batch.target.numpy())
         return self
