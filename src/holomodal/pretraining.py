@@ -13,8 +13,8 @@ A method is registered with :func:`register_pretraining` as a :class:`Pretrainin
 which columns and rows take part, and the LightningModule that trains. The Trainer, its
 checkpoints, seeding and logs are the same as supervised training's
 (:mod:`holomodal.training`). TIP keeps the image and tabular columns (text and other
-modalities are left out of the schema before anything is fitted) and drops rows without an
-image (TIP pairs every table with an image).
+modalities are left out of the schema before anything is fitted) and drops rows without any
+image (TIP pairs every table with an image; with several image columns, with at least one).
 """
 
 from __future__ import annotations
@@ -50,18 +50,19 @@ list_pretraining = PRETRAINING.list
 DEFAULT_SPLITS = ("train", "unlabelled")
 
 
-def pretraining_schema(schema: Schema, image: str | None = None) -> Schema:
-    """The schema restricted to the tabular columns, one image column and the label."""
+def pretraining_schema(schema: Schema, image: str | Sequence[str] | None = None) -> Schema:
+    """The schema restricted to the tabular columns, the image columns ``image`` names (one
+    name or a list; default every image column) and the label."""
     images = [c.name for c in schema.of(Modality.IMAGE)]
-    if image is None:
-        if len(images) != 1:
-            raise ConfigError(f"pre-training needs one image column, the schema has {images or 'none'}: set model.image_modality")
-        image = images[0]
-    elif image not in images:
-        raise ConfigError(f"'{image}' is not an image column of the schema (images: {images})")
+    if not images:
+        raise ConfigError("pre-training needs an image column; the schema has none")
+    chosen = images if image is None else [image] if isinstance(image, str) else list(image)
+    unknown = [name for name in chosen if name not in images]
+    if unknown:
+        raise ConfigError(f"{unknown} are not image columns of the schema (images: {images})")
     if not schema.tabular:
         raise ConfigError("pre-training needs tabular columns; the schema has none")
-    keep = [c for c in schema.columns if c.name == image or c.modality in (Modality.CATEGORICAL, Modality.CONTINUOUS, Modality.LABEL)]
+    keep = [c for c in schema.columns if c.name in chosen or c.modality in (Modality.CATEGORICAL, Modality.CONTINUOUS, Modality.LABEL)]
     return dataclasses.replace(schema, columns=[Column(c.name, c.modality, dict(c.options)) for c in keep])
 
 
@@ -75,9 +76,10 @@ def fit_without_labels(schema: Schema, frame: pd.DataFrame) -> Preprocessor:
     return pre
 
 
-def rows_with_image(batch: Batch, image: str) -> Batch:
-    keep = torch.nonzero(batch.present[image]).flatten()
-    return batch.select(keep)
+def rows_with_image(batch: Batch, images: Sequence[str]) -> Batch:
+    """The rows with at least one of ``images`` present."""
+    present = torch.stack([batch.present[m] for m in images]).any(dim=0)
+    return batch.select(torch.nonzero(present).flatten())
 
 
 class PretrainingMethod:
@@ -110,13 +112,14 @@ class PretrainingMethod:
 
 @register_pretraining("tip")
 class TIPPretrainingMethod(PretrainingMethod):
-    """TIP: image-table pairs, one image column; see :class:`holomodal.methods.tip.TIPPretraining`."""
+    """TIP: image-table pairs, every image column (or those ``model.image_modality`` names)
+    as views of one image; see :class:`holomodal.methods.tip.TIPPretraining`."""
 
     def restrict(self, schema: Schema, model: dict[str, Any]) -> Schema:
         return pretraining_schema(schema, model.get("image_modality"))
 
     def select(self, batch: Batch, schema: Schema) -> Batch:
-        return rows_with_image(batch, next(c.name for c in schema.of(Modality.IMAGE)))
+        return rows_with_image(batch, [c.name for c in schema.of(Modality.IMAGE)])
 
     def build(self, preprocessor: Preprocessor, schema: Schema, model: dict[str, Any],
               optim: dict[str, Any]) -> L.LightningModule:

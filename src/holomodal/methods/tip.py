@@ -17,6 +17,14 @@ either with the pre-trained backbone frozen (``finetune: linear``, linear probin
 trained end to end (``finetune: full``). Missing cells, natural or synthetic, reach the
 tabular encoder through ``Batch.cell_missing`` and take the same ``[MASK]`` path as
 reconstruction did in pre-training.
+
+Data with several image columns (views) use all of them unless ``image_modality`` names
+some: one image encoder shared by the views, a learned view embedding on each view's
+tokens, and the table tokens cross-attending to the tokens of every view present in the
+row (:class:`holomodal.fusion.cross_attention.CrossAttentionFusion`). An absent view is
+masked out, like an absent image. Pre-training takes several views too: ITC on their mean
+pooled feature, ITM with hard-negative images that bring all their views, MTR fused with
+all views.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -40,6 +48,7 @@ from holomodal.losses import ImageTabularContrastiveLoss, ImageTabularMatching, 
 from holomodal.losses.itm import sample_hard_negatives
 from holomodal.methods import register_method
 from holomodal.methods.base import ClassificationMethod, FiniteLossGuard, ModelContext, build_optimizer
+from holomodal.schema import Modality
 
 TABULAR = "tabular"
 TIP_LOSSES = ("itc", "itm", "mtr")
@@ -52,28 +61,59 @@ DEFAULT_INTERACTION = {"dim": 512, "depth": 4, "heads": 8, "mlp_ratio": 4.0}
 
 
 # ---- the backbone --------------------------------------------------------------------------
-def find_image_modality(modality_types: dict[str, str], requested: str | None = None) -> str:
+def find_image_modalities(modality_types: dict[str, str], requested: str | Sequence[str] | None = None) -> list[str]:
+    """The image columns TIP encodes: those ``requested`` names (one name or a list), else
+    every image modality of the data, so that none is dropped unasked."""
     images = [m for m, kind in modality_types.items() if kind == "image"]
     if requested:
-        if requested not in images:
-            raise ConfigError(f"tip: image_modality '{requested}' is not an image modality of the data (images: {images})")
-        return requested
-    if len(images) != 1:
-        raise ConfigError(f"tip needs one image modality, the data has {images or 'none'}: set model.image_modality")
-    return images[0]
+        names = [requested] if isinstance(requested, str) else [str(n) for n in requested]
+        unknown = [n for n in names if n not in images]
+        if unknown:
+            raise ConfigError(f"tip: image_modality {unknown} are not image modalities of the data (images: {images})")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"tip: image_modality names a column more than once: {names}")
+        return names
+    if not images:
+        raise ConfigError("tip needs an image modality; the data has none")
+    return images
+
+
+def views_of(image_modality: str | Sequence[str]) -> list[str]:
+    """The image columns of a backbone config's ``image_modality`` (one name, or a list)."""
+    return [image_modality] if isinstance(image_modality, str) else list(image_modality)
+
+
+def shared_image_config(encoders: dict[str, Any], views: list[str], input_specs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The configuration of the one image encoder every image column goes through."""
+    named = {v: encoders[v] for v in views if encoders.get(v)}
+    distinct = [c for i, c in enumerate(named.values()) if c not in list(named.values())[:i]]
+    if len(distinct) > 1:
+        raise ConfigError(
+            f"tip encodes every image column with one shared image encoder, but model.encoders configures "
+            f"{sorted(named)} differently: give one configuration under model.encoders.image"
+        )
+    if len(views) > 1:
+        channels = {v: input_specs[v].get("channels") for v in views}
+        if len(set(channels.values())) > 1:
+            raise ConfigError(
+                f"tip encodes every image column with one shared image encoder, so they need the same number of "
+                f"channels; the schema gives {channels}: set the columns' 'channels' option to one value"
+            )
+    return dict(distinct[0] if distinct else encoders.get("image") or {})
 
 
 def resolve_backbone_config(
-    input_specs: dict[str, dict[str, Any]], modality_types: dict[str, str], image_modality: str | None = None,
+    input_specs: dict[str, dict[str, Any]], modality_types: dict[str, str], image_modality: str | Sequence[str] | None = None,
     encoders: dict[str, Any] | None = None, interaction: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything needed to rebuild a :class:`TIPBackbone`, as plain data (stored in
-    pre-training checkpoints and in fine-tuned models)."""
+    pre-training checkpoints and in fine-tuned models). ``image_modality`` is one column's
+    name, as it always was, or the list of several."""
     if TABULAR not in input_specs:
         raise ConfigError("tip needs tabular columns; the data has none")
-    image = find_image_modality(modality_types, image_modality)
+    views = find_image_modalities(modality_types, image_modality)
     encoders = dict(encoders or {})
-    image_cfg = dict(encoders.get(image) or encoders.get("image") or {})
+    image_cfg = shared_image_config(encoders, views, input_specs)
     tabular_cfg = dict(encoders.get(TABULAR) or {})
     # defaults complete a partial config only for the encoder they belong to
     if image_cfg.get("name", DEFAULT_IMAGE_ENCODER["name"]) == DEFAULT_IMAGE_ENCODER["name"]:
@@ -81,29 +121,80 @@ def resolve_backbone_config(
     if tabular_cfg.get("name", DEFAULT_TABULAR_ENCODER["name"]) != DEFAULT_TABULAR_ENCODER["name"]:
         raise ConfigError("tip's tabular encoder must be 'tabular_transformer' (it needs the [MASK] token and tokens)")
     tabular_cfg = {**DEFAULT_TABULAR_ENCODER, **tabular_cfg}
+    specs = {v: copy.deepcopy(input_specs[v]) for v in views}
     return {
-        "image_modality": image,
-        "input_specs": {image: copy.deepcopy(input_specs[image]), TABULAR: copy.deepcopy(input_specs[TABULAR])},
+        "image_modality": views[0] if len(views) == 1 else views,
+        "input_specs": {**specs, TABULAR: copy.deepcopy(input_specs[TABULAR])},
         "encoders": {"image": image_cfg, "tabular": tabular_cfg},
         "interaction": {**DEFAULT_INTERACTION, **(interaction or {})},
     }
 
 
+@dataclass
+class ImageViews:
+    """A batch's encoded image columns: tokens (B, T, D) and presence (B,) per column, and
+    the pooled image feature (B, D): the one column's own, or with several the mean over the
+    columns present in the row (zeros where none is)."""
+
+    tokens: dict[str, Tensor]
+    present: dict[str, Tensor]
+    pooled: Tensor
+
+    def take(self, rows: Tensor) -> "ImageViews":
+        return ImageViews({v: t[rows] for v, t in self.tokens.items()}, {v: p[rows] for v, p in self.present.items()},
+                          self.pooled[rows])
+
+    @staticmethod
+    def cat(parts: Sequence["ImageViews"]) -> "ImageViews":
+        views = list(parts[0].tokens)
+        return ImageViews({v: torch.cat([p.tokens[v] for p in parts]) for v in views},
+                          {v: torch.cat([p.present[v] for p in parts]) for v in views},
+                          torch.cat([p.pooled for p in parts]))
+
+
+def pooled_over_views(pooled: list[Tensor], present: list[Tensor]) -> Tensor:
+    if len(pooled) == 1:
+        return pooled[0]
+    weight = torch.stack(present, dim=1).to(pooled[0].dtype)
+    total = (torch.stack(pooled, dim=1) * weight[..., None]).sum(dim=1)
+    return total / weight.sum(dim=1, keepdim=True).clamp(min=1.0)
+
+
 class TIPBackbone(nn.Module):
     """Image encoder, tabular encoder and interaction module, built from
-    :func:`resolve_backbone_config`'s output."""
+    :func:`resolve_backbone_config`'s output.
 
-    def __init__(self, image_modality: str, input_specs: dict[str, dict[str, Any]], encoders: dict[str, Any], interaction: dict[str, Any]) -> None:
+    Several image columns (views of one subject: car photos from several angles, frontal
+    and lateral X-rays) share the image encoder, so each view trains the same features and
+    the model's size does not grow with their number; the interaction module tells their
+    tokens apart by a learned view embedding and attends over all of them, the tokens of a
+    row's absent views masked out. Each view keeps its own pixel statistics: with a timm
+    encoder they normalise the pixels before the shared trunk."""
+
+    def __init__(self, image_modality: str | Sequence[str], input_specs: dict[str, dict[str, Any]], encoders: dict[str, Any],
+                 interaction: dict[str, Any]) -> None:
         super().__init__()
         from holomodal.encoders import create_encoder
+        from holomodal.encoders.base import PixelNormalizer
 
-        self.image_modality = image_modality
+        self.views = views_of(image_modality)
         image_cfg, tabular_cfg = dict(encoders["image"]), dict(encoders["tabular"])
-        self.image_encoder = create_encoder(image_cfg.pop("name"), input_specs[image_modality], **image_cfg)
+        name = image_cfg.pop("name")
+        # no parameters and no persistent buffers: the state-dict keys stay the encoder's
+        self.view_pixels: nn.ModuleList | None = None
+        if len(self.views) > 1 and name == "timm":
+            normalize = image_cfg.pop("normalize", True)
+            self.view_pixels = nn.ModuleList()
+            for v in self.views:
+                spec = input_specs[v]
+                mean, std = (spec.get("mean"), spec.get("std")) if normalize else (None, None)
+                self.view_pixels.append(PixelNormalizer(int(spec["channels"]), mean, std))
+            image_cfg["normalize"] = False
+        self.image_encoder = create_encoder(name, input_specs[self.views[0]], **image_cfg)
         if not hasattr(self.image_encoder, "forward_tokens"):
             raise ConfigError(f"tip: image encoder '{encoders['image']['name']}' has no forward_tokens (use timm)")
         self.tabular_encoder = create_encoder(tabular_cfg.pop("name"), input_specs[TABULAR], **tabular_cfg)
-        dims = {TABULAR: self.tabular_encoder.output_dim, image_modality: self.image_encoder.output_dim}
+        dims = {TABULAR: self.tabular_encoder.output_dim, **{v: self.image_encoder.output_dim for v in self.views}}
         self.interaction = CrossAttentionFusion(dims, query=TABULAR, **interaction)
 
     @property
@@ -118,10 +209,26 @@ class TIPBackbone(nn.Module):
     def fused_dim(self) -> int:
         return int(self.interaction.output_dim)
 
+    def encode_images(self, batch: Batch, pixels: dict[str, Tensor] | None = None) -> ImageViews:
+        """Every image column through the shared encoder; ``pixels`` replaces some columns'
+        pixels (augmented views)."""
+        tokens, pooled = {}, []
+        for i, v in enumerate(self.views):
+            inputs = batch.inputs[v] if pixels is None or v not in pixels else {**batch.inputs[v], "pixels": pixels[v]}
+            if self.view_pixels is not None:
+                inputs = {**inputs, "pixels": self.view_pixels[i](inputs["pixels"])}
+            tokens[v], p = self.image_encoder.forward_tokens(inputs, batch.present[v])
+            pooled.append(p)
+        present = {v: batch.present[v] for v in self.views}
+        return ImageViews(tokens, present, pooled_over_views(pooled, list(present.values())))
+
     def image_tokens(self, batch: Batch, pixels: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        m = self.image_modality
-        inputs = batch.inputs[m] if pixels is None else {**batch.inputs[m], "pixels": pixels}
-        return self.image_encoder.forward_tokens(inputs, batch.present[m])
+        """Tokens and pooled features of a backbone with one image column."""
+        if len(self.views) != 1:
+            raise ValueError(f"image_tokens serves one image column; this backbone has {self.views}: use encode_images")
+        v = self.views[0]
+        images = self.encode_images(batch, None if pixels is None else {v: pixels})
+        return images.tokens[v], images.pooled
 
     def tabular_tokens(
         self, batch: Batch, inputs: dict[str, Tensor] | None = None, token_mask: Tensor | None = None
@@ -130,11 +237,13 @@ class TIPBackbone(nn.Module):
             batch.inputs[TABULAR] if inputs is None else inputs, batch.present[TABULAR], batch.cell_missing, token_mask
         )
 
-    def fuse(self, table_tokens: Tensor, image_tokens: Tensor, image_present: Tensor) -> Tensor:
-        """Fused tokens (B, N+1, dim); CLS first."""
-        return self.interaction.forward_tokens(
-            {TABULAR: table_tokens, self.image_modality: image_tokens}, {self.image_modality: image_present}
-        )
+    def fuse(self, table_tokens: Tensor, images: ImageViews | Tensor, image_present: Tensor | None = None) -> Tensor:
+        """Fused tokens (B, N+1, dim); CLS first. ``images`` is :meth:`encode_images`'s
+        output, or with one image column its tokens and ``image_present``."""
+        if isinstance(images, Tensor):
+            v = self.views[0]
+            return self.interaction.forward_tokens({TABULAR: table_tokens, v: images}, {v: image_present})
+        return self.interaction.forward_tokens({TABULAR: table_tokens, **images.tokens}, images.present)
 
 
 # ---- pre-training checkpoints --------------------------------------------------------------
@@ -235,40 +344,46 @@ class TIPPretraining(FiniteLossGuard, L.LightningModule):
             "model": cfg, "optim": self.optim_cfg, "preprocessor": preprocessor,
         }
 
+    @property
+    def phase_name(self) -> str:
+        """The training phase, for the run's progress lines (holomodal.training.RunConsole)."""
+        return f"pre-training without labels, losses {', '.join(self.losses)}"
+
     # ---- the step ------------------------------------------------------------------------
     def ssl_losses(self, batch: Batch, *, augment: bool) -> dict[str, Tensor]:
-        """Each active loss, their mean (``loss``) and the matching accuracy (``itm_acc``)."""
-        m = self.backbone.image_modality
+        """Each active loss, their mean (``loss``) and the matching accuracy (``itm_acc``).
+
+        With several image columns a row's image is the set of its views: ITC contrasts the
+        pooled views with the table, and a hard-negative image for ITM brings all its views."""
+        b = self.backbone
         n = len(batch)
-        pixels = batch.inputs[m]["pixels"]
+        pixels = None
         if augment and self.augment is not None:
-            pixels = self.augment(pixels)
-        image_tokens, image_pooled = self.backbone.image_tokens(batch, pixels)
-        image_present = batch.present[m]
+            pixels = {v: self.augment(batch.inputs[v]["pixels"]) for v in b.views}
+        images = b.encode_images(batch, pixels)
         table = batch.inputs[TABULAR]
         out: dict[str, Tensor] = {}
-        queries, memories, flags = [], [], []
+        queries: list[Tensor] = []
+        memories: list[ImageViews] = []
         if self.itc is not None:
             view = table
             if augment and self.corruption_rate > 0:
                 view, _ = marginal_corruption(table, batch.cell_missing, self.corruption_rate)
-            table_tokens, table_cls = self.backbone.tabular_tokens(batch, view)
-            out["itc"], similarity = self.itc(image_pooled, table_cls)
+            table_tokens, table_cls = b.tabular_tokens(batch, view)
+            out["itc"], similarity = self.itc(images.pooled, table_cls)
             if self.itm is not None:
                 tables_for_images, images_for_tables = sample_hard_negatives(similarity)
                 # matched pairs, then (image a, its negative table), then (its negative image, table b)
                 queries += [table_tokens, table_tokens[tables_for_images], table_tokens]
-                memories += [image_tokens, image_tokens, image_tokens[images_for_tables]]
-                flags += [image_present, image_present, image_present[images_for_tables]]
+                memories += [images, images, images.take(images_for_tables)]
         if self.mtr is not None:
-            token_mask = self.mtr.sample_mask(n, device=image_tokens.device)
-            masked_tokens, _ = self.backbone.tabular_tokens(batch, table, token_mask)
+            token_mask = self.mtr.sample_mask(n, device=images.pooled.device)
+            masked_tokens, _ = b.tabular_tokens(batch, table, token_mask)
             queries.append(masked_tokens)
-            memories.append(image_tokens)
-            flags.append(image_present)
+            memories.append(images)
         if queries:
             # one pass of the interaction module over every pair the losses need
-            fused = self.backbone.fuse(torch.cat(queries), torch.cat(memories), torch.cat(flags))
+            fused = b.fuse(torch.cat(queries), ImageViews.cat(memories))
             if self.itm is not None:
                 out["itm"], out["itm_acc"] = self.itm(fused[:n, 0], fused[n : 3 * n, 0])
             if self.mtr is not None:
@@ -309,6 +424,26 @@ class TIPPretraining(FiniteLossGuard, L.LightningModule):
         checkpoint[CHECKPOINT_KEY] = json.dumps(self.record)
 
 
+def check_checkpoint_views(views: list[str], data_images: list[str], requested: str | Sequence[str] | None) -> None:
+    """Fine-tuning from a checkpoint uses the image columns it was pre-trained with; the
+    data's other image columns would be dropped, so that needs ``model.image_modality``
+    to say so."""
+    if requested:
+        if views_of(requested) != views:
+            raise ConfigError(
+                f"model.image_modality {views_of(requested)} differs from the image columns {views} the pre-training "
+                "checkpoint encodes; fine-tuning uses the checkpoint's"
+            )
+        return
+    unused = [m for m in data_images if m not in views]
+    if unused:
+        raise ConfigError(
+            f"the pre-training checkpoint encodes the image column(s) {views}, and the data also has {unused}, "
+            f"which tip would not use: pre-train with every image column, drop {unused} from the schema, or set "
+            f"model.image_modality: {views[0] if len(views) == 1 else views} to fine-tune on the checkpoint's only"
+        )
+
+
 # ---- fine-tuning ---------------------------------------------------------------------------
 HEAD_INPUTS = ("fused", "image", "concat")
 
@@ -330,7 +465,11 @@ class TIP(ClassificationMethod):
             ``rate`` (TIP: 0.8) is one coin per sample shared with the tabular corruption.
         corruption_rate: SCARF corruption of the table in augmented rows (TIP: 0.3).
         image_modality, encoders, interaction: the architecture when training from
-            scratch (ignored with a checkpoint).
+            scratch. ``image_modality`` names the image columns to use (one name or a
+            list); by default every image column of the data is used, each through the
+            shared image encoder with its own view embedding in the interaction module.
+            With a checkpoint the architecture is the checkpoint's, and the data's other
+            image columns are refused unless ``image_modality`` names the checkpoint's.
         backbone: the resolved architecture; filled in by the estimator from the
             checkpoint, so a saved model reloads without it.
         losses, itc, mtr, augment: pre-training options, unused by fine-tuning (one model
@@ -345,7 +484,7 @@ class TIP(ClassificationMethod):
         head_input: str = "fused",
         finetune_augment: str | dict[str, Any] | None = None,
         corruption_rate: float = 0.3,
-        image_modality: str | None = None,
+        image_modality: str | Sequence[str] | None = None,
         encoders: dict[str, Any] | None = None,
         interaction: dict[str, Any] | None = None,
         backbone: dict[str, Any] | None = None,
@@ -392,6 +531,18 @@ class TIP(ClassificationMethod):
             # calling train(), so the frozen backbone must start in eval mode
             self.backbone.eval()
 
+    @classmethod
+    def resolve_options(cls, context: ModelContext, options: dict[str, Any]) -> dict[str, Any]:
+        """The architecture a run from scratch builds, written out as ``backbone`` (with a
+        checkpoint :meth:`adopt_pretraining` has filled it in). The per-modality encoder
+        defaults of other methods are not TIP's: its tabular encoder is the transformer and
+        its image columns share one encoder."""
+        if options.get("backbone") or options.get("checkpoint"):
+            return dict(options)
+        backbone = resolve_backbone_config(context.input_specs, context.modality_types, options.get("image_modality"),
+                                           options.get("encoders"), options.get("interaction"))
+        return {**options, "backbone": backbone}
+
     # ---- pre-trained weights ---------------------------------------------------------------
     @staticmethod
     def adopt_pretraining(preprocessor: Any, model: dict[str, Any]) -> dict[str, Any]:
@@ -402,8 +553,9 @@ class TIP(ClassificationMethod):
             return model
         record = read_pretrained(model["checkpoint"])
         saved = (record.get("preprocessor") or {}).get("processors") or {}
-        image = record["backbone"]["image_modality"]
-        for key in (TABULAR, image):
+        views = views_of(record["backbone"]["image_modality"])
+        check_checkpoint_views(views, [c.name for c in preprocessor.schema.of(Modality.IMAGE)], model.get("image_modality"))
+        for key in (TABULAR, *views):
             if key not in preprocessor.processors or key not in saved:
                 raise ConfigError(f"the pre-training checkpoint and the data disagree: modality '{key}' is missing in one of them")
         before = preprocessor.processors[TABULAR].names
@@ -411,7 +563,7 @@ class TIP(ClassificationMethod):
         expected = list(saved[TABULAR].get("vocab", {}).keys()) + after
         if before != expected:
             raise ConfigError(f"tabular columns differ from pre-training: data {before}, checkpoint {expected}")
-        for key in (TABULAR, image):
+        for key in (TABULAR, *views):
             preprocessor.processors[key].load_state(copy.deepcopy(saved[key]))
         return {**model, "backbone": record["backbone"]}
 
@@ -434,16 +586,23 @@ class TIP(ClassificationMethod):
             self.backbone.eval()
         return self
 
+    @property
+    def phase_name(self) -> str:
+        """The training phase, for the run's progress lines (holomodal.training.RunConsole)."""
+        if self.finetune == "linear":
+            return "fine-tuning: linear probe on the frozen pre-trained backbone"
+        return "fine-tuning: full, backbone trained" + (" from pre-training" if self.checkpoint else " from scratch")
+
     # ---- forward -----------------------------------------------------------------------------
     def features(self, batch: Batch) -> Tensor:
         b = self.backbone
-        image_tokens, image_pooled = b.image_tokens(batch)
+        images = b.encode_images(batch)
         if self.head_input == "image":
-            return image_pooled
+            return images.pooled
         table_tokens, table_cls = b.tabular_tokens(batch)
         if self.head_input == "concat":
-            return torch.cat([image_pooled, table_cls], dim=1)
-        return b.fuse(table_tokens, image_tokens, batch.present[b.image_modality])[:, 0]
+            return torch.cat([images.pooled, table_cls], dim=1)
+        return b.fuse(table_tokens, images)[:, 0]
 
     def forward(self, batch: Batch) -> Tensor:
         if self.finetune == "linear":
@@ -455,17 +614,20 @@ class TIP(ClassificationMethod):
 
     def augmented(self, batch: Batch) -> Batch:
         """TIP's fine-tuning views: with probability ``rate`` per sample, an augmented image
-        and a corrupted table (one coin for both); otherwise the sample as it is."""
-        m = self.backbone.image_modality
-        pixels = batch.inputs[m]["pixels"]
-        rows = torch.rand(len(batch), device=pixels.device) < self.augment_rate
+        (each image column its own draw) and a corrupted table (one coin for all); otherwise
+        the sample as it is."""
+        views = self.backbone.views
+        device = batch.inputs[views[0]]["pixels"].device
+        rows = torch.rand(len(batch), device=device) < self.augment_rate
         inputs = dict(batch.inputs)
         if self.augment is not None:
-            plain = pixels.float() / 255.0 if pixels.dtype == torch.uint8 else pixels.float()
-            changed = torch.where(rows.view(-1, 1, 1, 1), self.augment(pixels), plain)
-            # absent images stay zero, as the batch contract wants
-            changed = changed * batch.present[m].view(-1, 1, 1, 1).to(changed.dtype)
-            inputs[m] = {**inputs[m], "pixels": changed}
+            for m in views:
+                pixels = batch.inputs[m]["pixels"]
+                plain = pixels.float() / 255.0 if pixels.dtype == torch.uint8 else pixels.float()
+                changed = torch.where(rows.view(-1, 1, 1, 1), self.augment(pixels), plain)
+                # absent images stay zero, as the batch contract wants
+                changed = changed * batch.present[m].view(-1, 1, 1, 1).to(changed.dtype)
+                inputs[m] = {**inputs[m], "pixels": changed}
         if self.corruption_rate > 0:
             inputs[TABULAR], _ = marginal_corruption(inputs[TABULAR], batch.cell_missing, self.corruption_rate, rows=rows)
         return replace(batch, inputs=inputs)
