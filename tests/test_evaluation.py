@@ -136,3 +136,27 @@ def test_cli_writes_new_csv_json_png_each_time(covid, tmp_path, capsys):
     png = np.asarray(Image.open(csvs[0].with_suffix(".png")).convert("L"), dtype=float)
     assert png.std() > 5
     assert "written:" in out and "rvm" in out
+
+
+def test_a_regression_sweep_scores_in_the_label_units_of_evaluate(data_root, tmp_path):
+    from holomodal.data import load_dataset
+
+    stay = load_dataset("physionet2012", root=data_root, target="length_of_stay")
+    encoders = {"tabular": ENCODERS["tabular"], "timeseries": {"name": "gru", "hidden": 16}}
+    clf = Classifier(stay.schema, model={"encoders": encoders}, trainer={"max_epochs": 1, "enable_progress_bar": False},
+                     batch_size=32, run_dir=tmp_path / "run", loggers=["csv"])
+    clf.fit(stay.split("train").iloc[:160], stay.split("val").iloc[:48])
+    test = stay.split("test").iloc[:96]
+    result = robustness_sweep(clf, test, ["rvm", "rfm", "modality"], [0, 0.5], n_boot=20)
+    assert set(result["metric"]) == {"rmse", "mae", "r2"}
+    reference = clf.evaluate(test)
+    clean = result[result["rate"] == 0]
+    for kind in ("rvm", "rfm", "modality"):
+        values = clean[clean["kind"] == kind].set_index("metric")["value"]
+        for name, value in reference.items():
+            assert values[name] == pytest.approx(value, rel=1e-5)
+    # errors in days (stays of 1 to 146 days), each with a finite bootstrap interval around it
+    rmse = result[result["metric"] == "rmse"]
+    assert (rmse["value"] > 1.0).all()
+    assert np.isfinite(result[["ci_low", "ci_high"]].to_numpy()).all()
+    assert (result["ci_low"] <= result["ci_high"]).all()

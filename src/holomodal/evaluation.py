@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from holomodal.errors import ConfigError, DataError
-from holomodal.estimator import Classifier
+from holomodal.estimator import LOWER_IS_BETTER, Classifier
 from holomodal.methods.base import compute_metrics, make_metrics
 from holomodal.missingness import KINDS, TABULAR_KINDS, MissingnessPlan, MissingnessSpec
 from holomodal.runs import jsonable
@@ -37,6 +37,15 @@ DEFAULT_RATES = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9)
 COLUMNS = ["kind", "rate", "metric", "value", "ci_low", "ci_high"]
 # "none" evaluates the data as it is, with its natural missingness only
 NO_MISSINGNESS = "none"
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric.rsplit("/", 1)[-1].endswith(LOWER_IS_BETTER)
+
+
+def metric_title(metric: str) -> str:
+    """A metric's name with the direction that is better, for plot titles."""
+    return f"{metric} ({'lower' if lower_is_better(metric) else 'higher'} is better)"
 
 
 def parse_kinds(text: str | None) -> list[str]:
@@ -75,12 +84,13 @@ def fit_importance_ranking(clf: Classifier, train: pd.DataFrame) -> list[int]:
 
 
 def bootstrap_rows(target: torch.Tensor, task: str, n_boot: int, seed: int, max_redraws: int = 100) -> np.ndarray:
-    """``(n_boot, n)`` row indices drawn with replacement. For single-label tasks a resample
+    """``(n_boot, n)`` row indices drawn with replacement. For classification a resample
     that lost a class of the data is drawn again (up to ``max_redraws`` times): AUROC is
-    undefined on it, and keeping it would bias the interval."""
+    undefined on it, and keeping it would bias the interval. Regression targets have no
+    classes to lose."""
     rng = np.random.default_rng(seed)
     n = len(target)
-    if task == Task.MULTILABEL.value or n_boot <= 0:
+    if task in (Task.MULTILABEL.value, Task.REGRESSION.value) or n_boot <= 0:
         return rng.integers(0, n, size=(max(n_boot, 0), n))
     labels = target.numpy()
     n_classes = np.unique(labels).size
@@ -147,7 +157,7 @@ def robustness_sweep(
         ranking, ranking_source = fit_importance_ranking(clf, train), "fitted on the training split"
 
     mask_seeds = [None] if not mask_seeds else [int(x) for x in mask_seeds]
-    target = base.target
+    target = _in_label_units(clf, base.target)
     resamples = bootstrap_rows(target, task, n_boot, seed)
     metrics = make_metrics(task, num_classes)
     classes, undefined = clf.preprocessor_.classes_, {}
@@ -171,7 +181,7 @@ def robustness_sweep(
                         masks = _reseeded(plan, mask_seed).masks(split, len(base), n_tab, list(base.present))
                         cells = None if masks.cell_missing is None else torch.from_numpy(masks.cell_missing)
                         batch = base.with_masks(cells, {m: torch.from_numpy(k) for m, k in masks.keep.items()})
-                    probs = torch.from_numpy(clf._probabilities(batch))
+                    probs = _in_label_units(clf, torch.from_numpy(clf._probabilities(batch)))
                     point = compute_metrics(task, num_classes, probs, target, metrics=metrics, class_names=classes)
                     undefined.update(point.undefined)
                     draws.append((probs, point))
@@ -195,10 +205,32 @@ def robustness_sweep(
     result.attrs.update({
         "split": split, "rows": len(base), "n_boot": int(n_boot), "seed": int(seed), "ci": ci,
         "drop": drop, "kinds": kinds, "rates": rates, "skipped": skipped, "mask_seeds": mask_seeds,
-        "undefined": undefined,
+        "undefined": undefined, "lower_is_better": sorted({m for m in result["metric"] if lower_is_better(m)}),
         "ranking": None if ranking is None else {"source": ranking_source, "columns": list(ranking)},
     })
     return result
+
+
+def _in_label_units(clf: Classifier, values: torch.Tensor) -> torch.Tensor:
+    """Regression predictions and targets de-standardised, so that RMSE and MAE are in the
+    label's units as :meth:`Classifier.evaluate` reports them; class probabilities unchanged."""
+    if clf.schema.task != Task.REGRESSION:
+        return values
+    decoded = clf.preprocessor_.decode_values(values.numpy())
+    return torch.from_numpy(np.asarray(decoded, dtype=np.float32).reshape(values.shape))
+
+
+def worsening(result: pd.DataFrame) -> pd.DataFrame:
+    """How much worse each (kind, rate) scores than the data as it is (rate 0), signed so
+    that a positive ``worse`` is always a loss: clean minus value for scores, value minus
+    clean for errors (RMSE, MAE). Kinds swept without rate 0 are left out."""
+    clean = result[result["rate"] == 0.0].groupby("metric")["value"].first()
+    part = result[(result["rate"] > 0) & result["metric"].isin(clean.index)].copy()
+    reference = part["metric"].map(clean)
+    sign = np.where([lower_is_better(m) for m in part["metric"]], 1.0, -1.0)
+    part["clean"] = reference.to_numpy()
+    part["worse"] = sign * (part["value"].to_numpy() - reference.to_numpy())
+    return part[["kind", "rate", "metric", "clean", "value", "worse"]].reset_index(drop=True)
 
 
 def _reseeded(plan: MissingnessPlan, seed: int | None) -> MissingnessPlan:
@@ -231,7 +263,7 @@ def plot_sweep(result: pd.DataFrame, out_png: Path, title: str = "") -> Path:
             curve = curve.sort_values("rate")
             line = ax.plot(curve["rate"], curve["value"], marker="o", label=kind)[0]
             ax.fill_between(curve["rate"], curve["ci_low"], curve["ci_high"], color=line.get_color(), alpha=0.15)
-        ax.set_title(name)
+        ax.set_title(metric_title(name))
         ax.set_xlabel("missing rate")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(names):]:
@@ -326,6 +358,7 @@ def evaluate_run(
     n_boot: int = 200,
     seed: int = 0,
     mask_seeds: Sequence[int] | None = None,
+    encoding: str | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Path]]:
     """The sweep of a run folder on its own ``split`` (or on the labelled table ``data``),
     written into the folder. The training split is read only when a ranking must be fitted."""
@@ -336,7 +369,7 @@ def evaluate_run(
     cfg = run_config(run)
     splits = None
     if data is not None:
-        frame = _read_table(str(data))
+        frame = _read_table(str(data), encoding=encoding)
     else:
         if not cfg:
             raise DataError(f"'{run}' holds no config.yaml to find its data: pass --data FILE")

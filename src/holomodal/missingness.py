@@ -48,10 +48,13 @@ def importance_ranking(x: np.ndarray, y: np.ndarray, seed: int = 2022) -> np.nda
     The forest (scikit-learn defaults, as in TIP) handles NaN cells natively, so observed
     values are ranked as they are, without imputation.
     """
-    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 
-    forest = RandomForestClassifier(random_state=seed, n_jobs=1)
-    forest.fit(np.asarray(x, dtype=np.float64), np.asarray(y))
+    y = np.asarray(y)
+    # a regression target is one float value per row; multi-label targets are float too, but 2-D
+    continuous = y.ndim == 1 and np.issubdtype(y.dtype, np.floating)
+    forest = (RandomForestRegressor if continuous else RandomForestClassifier)(random_state=seed, n_jobs=1)
+    forest.fit(np.asarray(x, dtype=np.float64), y)
     # stable sort keeps ties in column order, so rankings are reproducible
     return np.argsort(-forest.feature_importances_, kind="stable")
 

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from holomodal.errors import DataError
-from holomodal.evaluation import run_config, write_new_file
+from holomodal.evaluation import lower_is_better, metric_title, run_config, worsening, write_new_file
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 24px; color: #222; background: #fff; }
@@ -164,7 +164,7 @@ def robustness_figures(records: Sequence[RunRecord]) -> dict[str, bytes]:
                     continue
                 line = ax.plot(curve["rate"], curve["value"], marker="o", label=record.label)[0]
                 ax.fill_between(curve["rate"], curve["ci_low"], curve["ci_high"], color=line.get_color(), alpha=0.15)
-            ax.set_title(f"{metric} under {kind}")
+            ax.set_title(f"{metric_title(metric)} under {kind}", fontsize=9)
             ax.set_xlabel("missing rate")
             ax.grid(alpha=0.3)
         for ax in list(axes.flat)[len(metrics):]:
@@ -228,7 +228,7 @@ def _results_html(table: pd.DataFrame, split: str, table_id: str) -> str:
     for column in table.columns:
         if column not in facts and not column.endswith("loss") and pd.api.types.is_numeric_dtype(table[column]) \
                 and table[column].notna().any() and len(table) > 1:
-            best[column] = table[column].max()
+            best[column] = table[column].min() if lower_is_better(column) else table[column].max()
     head = "".join(f'<th class="key">{html.escape(c)}</th>' if c in ("run", "method", "data") else f"<th>{html.escape(c)}</th>"
                    for c in table.columns)
     body = []
@@ -239,6 +239,33 @@ def _results_html(table: pd.DataFrame, split: str, table_id: str) -> str:
             cells.append(f'<td class="{cls}">{_cell(row[column])}</td>')
         body.append(f'<tr data-run="{html.escape(str(row["run"]))}">{"".join(cells)}</tr>')
     return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
+def worsening_table(records: Sequence[RunRecord]) -> pd.DataFrame:
+    """Per run, kind and metric: the score on the data as it is and at the kind's highest
+    missing rate, and how much worse that is (positive = worse, for scores and errors alike)."""
+    parts = []
+    for r in records:
+        if r.sweep is None or not len(r.sweep):
+            continue
+        change = worsening(r.sweep)
+        if change.empty:
+            continue
+        top = change[change["rate"] == change.groupby("kind")["rate"].transform("max")]
+        parts.append(top.assign(run=r.name, method=r.method))
+    columns = ["run", "method", "kind", "rate", "metric", "clean", "value", "worse"]
+    return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
+
+
+def _worsening_html(table: pd.DataFrame) -> str:
+    head = "".join(f'<th class="key">{c}</th>' if c in ("run", "method", "kind", "metric") else f"<th>{c}</th>"
+                   for c in table.columns)
+    body = []
+    for _, row in table.iterrows():
+        cells = "".join(f'<td class="{"key" if c in ("run", "method", "kind", "metric") else ""}">{_cell(row[c])}</td>'
+                        for c in table.columns)
+        body.append(f"<tr>{cells}</tr>")
+    return f'<table id="worsening"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
 def _config_html(table: pd.DataFrame) -> str:
@@ -282,6 +309,13 @@ def build_report(runs: Sequence[str | Path], out: str | Path, title: str = "holo
         for kind, png in figures.items():
             write_new_file(out / f"robustness_{kind}.png", png)
             sections.append(f"<h3>{html.escape(kind)}</h3>{_img(png, f'robustness under {kind}')}")
+        change = worsening_table(records)
+        if len(change):
+            sections.append("<h3>Loss from the complete data</h3>")
+            sections.append('<p class="note">At each kind\'s highest missing rate; <i>worse</i> is positive when the '
+                            "model does worse than on the data as it is (a fall for scores, a rise for errors "
+                            "such as RMSE and MAE).</p>")
+            sections.append(_worsening_html(change))
     else:
         sections.append('<p class="note">No run holds an evaluation yet: run '
                         "<code>holomodal evaluate RUN --missing rvm,rfm,modality</code> first.</p>")

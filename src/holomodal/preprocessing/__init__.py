@@ -48,10 +48,29 @@ class Preprocessor:
             elif col.modality == Modality.TIMESERIES:
                 self.processors[col.name] = TimeSeriesProcessor(col)
         self.classes_: list[str] = []
+        # regression: the label is standardised with the training split's mean and std
+        self.label_mean_, self.label_std_ = 0.0, 1.0
+
+    @property
+    def is_regression(self) -> bool:
+        return self.schema.task == Task.REGRESSION
 
     # ---- labels ------------------------------------------------------------------------
     def _fit_labels(self, df: pd.DataFrame) -> None:
         label = self.schema.label
+        if self.is_regression:
+            self.classes_ = []
+            values = df[label.name]
+            numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+            finite = numbers[np.isfinite(numbers)]
+            if finite.size == 0:
+                raise DataError(f"label column '{label.name}' (regression) holds no finite number in its "
+                                f"{len(values)} training row(s)")
+            std = float(finite.std())
+            self.label_mean_ = float(finite.mean())
+            # a constant label (or a single row) leaves the values unscaled rather than divided by 0
+            self.label_std_ = std if std > 0 and np.isfinite(std) else 1.0
+            return
         given = label.options.get("classes")
         if given:
             self.classes_ = [str(c) for c in given]
@@ -68,6 +87,15 @@ class Preprocessor:
         :class:`LabelWarning` for that split, as metrics averaged over classes are undefined on it."""
         name = self.schema.label.name
         self._fit_labels(train)
+        if self.is_regression:
+            for split, df in {"training": train, **splits}.items():
+                if df is not None:
+                    self.encode_labels(df[name], split)
+            if train[name].nunique() < 2:
+                warnings.warn(f"label column '{name}' (regression): all {len(train)} rows of the training split "
+                              "hold the same value, so the model can only learn that constant", LabelWarning,
+                              stacklevel=3)
+            return
         if self.schema.task == Task.MULTILABEL:
             for split, df in {"training": train, **splits}.items():
                 if df is not None:
@@ -103,6 +131,8 @@ class Preprocessor:
     def encode_labels(self, values: pd.Series, split: str | None = None) -> torch.Tensor:
         name = self.schema.label.name
         where = f" in the {split} split" if split else ""
+        if self.is_regression:
+            return torch.from_numpy(self._standardised(values, where))
         if self.schema.task == Task.MULTILABEL:
             out = torch.zeros((len(values), len(self.classes_)), dtype=torch.float32)
             for i, cell in enumerate(values.tolist()):
@@ -130,9 +160,35 @@ class Preprocessor:
             )
         return torch.from_numpy(np.array(codes.to_numpy(), dtype=np.int64))
 
+    def _standardised(self, values: pd.Series, where: str) -> np.ndarray:
+        """Regression labels as float32 of shape (N,), the shape the MSE loss and the
+        regression metrics flatten to, standardised with the training split's mean and std."""
+        name = self.schema.label.name
+        numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+        not_number = np.isnan(numbers) & values.notna().to_numpy()
+        if not_number.any():
+            found = sorted({repr(v) for v in values[not_number]})
+            raise DataError(f"label column '{name}' (regression){where}: value(s) {', '.join(found[:5])} in "
+                            f"row(s) {row_list(values.index[not_number])} are not numbers")
+        bad = ~np.isfinite(numbers)
+        if bad.any():
+            found = sorted({str(v) for v in numbers[bad]})
+            raise DataError(f"label column '{name}' (regression){where}: row(s) {row_list(values.index[bad])} "
+                            f"hold {', '.join(found)} (missing or infinite) where a finite number is needed")
+        return ((numbers - self.label_mean_) / self.label_std_).astype(np.float32)
+
+    def decode_values(self, values: np.ndarray) -> np.ndarray:
+        """Standardised regression values (predictions or encoded labels) in the label's own units."""
+        return np.asarray(values, dtype=np.float64) * self.label_std_ + self.label_mean_
+
+    @property
+    def label_scale(self) -> tuple[float, float]:
+        """(mean, std) of the training split's regression label; (0, 1) for classification."""
+        return self.label_mean_, self.label_std_
+
     @property
     def num_classes(self) -> int:
-        return len(self.classes_)
+        return 1 if self.is_regression else len(self.classes_)
 
     # ---- fit / transform ---------------------------------------------------------------
     def fit(self, df: pd.DataFrame) -> "Preprocessor":
@@ -172,6 +228,7 @@ class Preprocessor:
         return {
             "schema": self.schema.to_dict(),
             "classes": self.classes_,
+            "label_scale": [self.label_mean_, self.label_std_],
             "processors": {key: proc.state() for key, proc in self.processors.items()},
         }
 
@@ -179,6 +236,12 @@ class Preprocessor:
     def from_state(cls, state: dict[str, Any]) -> "Preprocessor":
         pre = cls(Schema.from_dict(state["schema"]))
         pre.classes_ = list(state["classes"])
+        # states saved before regression existed hold no scale: the identity, which
+        # classification never reads
+        mean, std = (float(v) for v in state.get("label_scale") or (0.0, 1.0))
+        if not (np.isfinite(mean) and np.isfinite(std) and std > 0):
+            raise ValueError(f"label_scale {[mean, std]} is not a finite mean and a positive std")
+        pre.label_mean_, pre.label_std_ = mean, std
         for key, proc_state in state["processors"].items():
             pre.processors[key].load_state(proc_state)
         return pre
