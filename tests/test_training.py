@@ -111,11 +111,12 @@ def test_pretraining_resume_trains_the_further_epochs(rows, table_only, tmp_path
     assert sorted(pd.read_csv(run / "metrics.csv")["epoch"].unique()) == [0, 1, 2]
 
 
-def test_last_checkpoint_is_the_last_epoch_even_when_the_metric_did_not_improve(covid, tmp_path):
+def test_last_checkpoint_is_the_last_epoch_even_when_the_metric_did_not_improve(covid, tmp_path, monkeypatch):
     """Lightning 2.6's save_last only writes last.ckpt in epochs that improved the monitored
     metric; holomodal writes it every epoch (else a resume would repeat epochs)."""
     schema = small_schema(covid.schema, drop=("text",))
-    # "max" on the validation loss: it only falls, so epoch 0 stays the best
+    # "max" on the validation loss (holomodal minimises a loss): it only falls, so epoch 0 stays the best
+    monkeypatch.setattr(Classifier, "monitor_mode", property(lambda self: "max"))
     clf = Classifier(schema, model={"encoders": {m: TINY_ENCODERS[m] for m in ("image", "tabular")}}, batch_size=16,
                      trainer={**QUIET, "max_epochs": 3}, monitor="val/loss", loggers=[], run_dir=tmp_path / "run")
     clf.fit(covid.split("train")[schema.column_names].iloc[:48], covid.split("val")[schema.column_names].iloc[:16])
@@ -123,8 +124,10 @@ def test_last_checkpoint_is_the_last_epoch_even_when_the_metric_did_not_improve(
     assert epochs["last"] == 2 and epochs["best"] < 2
 
 
-def test_early_stopping_option_stops_the_run(covid, tmp_path):
+def test_early_stopping_option_stops_the_run(covid, tmp_path, monkeypatch):
     schema = small_schema(covid.schema, drop=("text",))
+    # a falling loss read as "max": no epoch after the first improves, so patience 1 stops after epoch 1
+    monkeypatch.setattr(Classifier, "monitor_mode", property(lambda self: "max"))
     clf = Classifier(schema, model={"encoders": {m: TINY_ENCODERS[m] for m in ("image", "tabular")}}, batch_size=16,
                      trainer={**QUIET, "max_epochs": 6, "early_stopping": {"patience": 1}}, monitor="val/loss",
                      loggers=[], run_dir=tmp_path / "run")

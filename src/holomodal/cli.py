@@ -16,6 +16,7 @@ from typing import Any, Iterator, Sequence
 
 import pandas as pd
 
+from holomodal.console import console_session, error, render, say, warn
 from holomodal.errors import HolomodalError
 
 
@@ -35,7 +36,7 @@ def _print_metrics(title: str, rows: dict[str, dict[str, float]]) -> None:
         table.add_column(name, justify="right")
     for split, metrics in rows.items():
         table.add_row(split, *(f"{metrics[n]:.4f}" if n in metrics else "" for n in names))
-    _console().print(table)
+    say(render(table))
 
 
 # train/data flags that set keys of the config's data section (``--train a.csv`` is data.train=a.csv)
@@ -55,18 +56,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from holomodal.config import load_config
     from holomodal.experiment import run_training
 
-    files = list(args.config or [])
-    overrides = list(args.overrides)
     flags = _data_flags(args)
-    if args.resume:
-        if flags:
-            raise HolomodalError(f"--resume continues a run with the data it was configured with; "
-                                 f"leave out {', '.join('--' + k for k in flags)}")
-        run = Path(args.resume)
-        if not (run / "config.yaml").exists():
-            raise HolomodalError(f"cannot resume '{run}': it holds no config.yaml")
-        files = [str(run / "config.yaml"), *files]
-        overrides.append(f"run.dir={run}")
+    if args.resume and flags:
+        raise HolomodalError(f"--resume continues a run with the data it was configured with; "
+                             f"leave out {', '.join('--' + k for k in flags)}")
+    files, overrides = _resumed(args)
+    if args.baselines:
+        overrides.append("baselines=true")
     cfg = load_config(files, overrides)
     if flags:
         if "train" not in flags and not cfg.data.train:
@@ -86,12 +82,25 @@ def cmd_train(args: argparse.Namespace) -> int:
             # recorded in config.yaml as it is: --resume and evaluate read it back, never re-infer
             OmegaConf.update(cfg, "data.schema", schema.to_dict(), merge=False)
         if not data.val and data.val_fraction is not None:
-            print(f"validation: {data.val_fraction:.0%} of the rows of '{data.train}' are split off (stratified by "
-                  f"class, or whole groups; seed {data.split_seed}); give --val TABLE to use a table of your own")
+            say(f"validation: {data.val_fraction:.0%} of the rows of '{data.train}' are split off (stratified by "
+                f"class, or whole groups; seed {data.split_seed}); give --val TABLE to use a table of your own")
     results = run_training(cfg, resume=bool(args.resume))
     _print_metrics("results", {k: results[k] for k in ("val", "test") if k in results})
-    print(f"run folder: {results['run_dir']}  (fit {results['fit_seconds']:.1f} s)")
+    say(f"run folder: {results['run_dir']}  (fit {results['fit_seconds']:.1f} s)")
     return 0
+
+
+def _resumed(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """The config files and overrides of ``train`` or ``pretrain``; with ``--resume RUN``, the
+    run's own config.yaml first (the command's files and overrides go on top) and its folder."""
+    files, overrides = list(args.config or []), list(args.overrides)
+    if args.resume:
+        run = Path(args.resume)
+        if not (run / "config.yaml").exists():
+            raise HolomodalError(f"cannot resume '{run}': it holds no config.yaml")
+        files = [str(run / "config.yaml"), *files]
+        overrides.append(f"run.dir={run}")
+    return files, overrides
 
 
 def _inferred_for_training(cfg: Any) -> Any:
@@ -107,28 +116,28 @@ def _inferred_for_training(cfg: Any) -> Any:
     with _printed_warnings(InferenceWarning):  # printed under the table
         inference = infer_own_schema(data, train)
         _print_inference(inference, data["train"], len(train))
-    print(f"to edit this schema: holomodal data infer {data['train']} --label {inference.schema.label.name} "
-          "--out schema.yaml, then train with --schema schema.yaml")
+    say(f"to edit this schema: holomodal data infer {data['train']} --label {inference.schema.label.name} "
+        "--out schema.yaml, then train with --schema schema.yaml")
     return inference.schema
 
 
 def _print_inference(inference: Any, source: str, rows: int) -> None:
     from rich.table import Table
 
-    print(f"schema inferred from {source} ({rows} rows):")
+    say(f"schema inferred from {source} ({rows} rows):")
     table = Table()
     for name in ("column", "modality", "why"):
         table.add_column(name, overflow="fold")
     for reason in inference.reasons:
         style = "dim" if reason.modality == "ignored" else None
         table.add_row(str(reason.column), reason.modality, reason.why, style=style)
-    _console().print(table)
+    say(render(table))
 
 
 @contextmanager
 def _printed_warnings(*categories: type[Warning]) -> Iterator[None]:
-    """Warnings of ``categories`` raised in the block, printed once each as ``warning: ...``
-    lines on stderr (no source line); other warnings go on as usual."""
+    """Warnings of ``categories`` raised in the block, printed after it, once each, as
+    ``warning: ...`` lines on stderr (no source line); other warnings go on as usual."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -136,7 +145,7 @@ def _printed_warnings(*categories: type[Warning]) -> Iterator[None]:
         finally:
             others = [w for w in caught if not issubclass(w.category, categories)]
             for text in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, categories)):
-                print(f"warning: {text}", file=sys.stderr)
+                warn(text)
     for item in others:
         warnings.warn_explicit(item.message, item.category, item.filename, item.lineno)
 
@@ -146,12 +155,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from holomodal.config_check import checked_config
     from holomodal.pretraining import run_pretraining
 
-    cfg = checked_config(load_config(list(args.config or []), list(args.overrides)), "pretrain")
-    result = run_pretraining(cfg)
+    files, overrides = _resumed(args)
+    cfg = checked_config(load_config(files, overrides), "pretrain")
+    result = run_pretraining(cfg, resume=bool(args.resume))
     losses = ", ".join(f"{k} {v:.4f}" for k, v in sorted(result["metrics"].items()))
-    print(f"last epoch: {losses}")
-    print(f"run folder: {result['run_dir']}  (fit {result['fit_seconds']:.1f} s)")
-    print(f"fine-tune with: holomodal train -c CONFIG model.checkpoint={result['run_dir']}")
+    say(f"last epoch: {losses}")
+    say(f"run folder: {result['run_dir']}  (fit {result['fit_seconds']:.1f} s)")
+    say(f"fine-tune with: holomodal train -c CONFIG model.checkpoint={result['run_dir']}")
     return 0
 
 
@@ -165,15 +175,18 @@ def _load_run(run: str):
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from holomodal.evaluation import evaluate_run, parse_rates, sweep_table
 
+    if args.encoding and not args.data:
+        raise HolomodalError("--encoding is the text encoding of the CSV table given with --data; "
+                             "the run's own tables are read with the data.encoding it was trained with")
     result, paths = evaluate_run(
         args.run, args.missing or [], args.rates or parse_rates(None), split=args.split, data=args.data,
-        drop=args.drop, n_boot=args.n_boot, seed=args.seed,
+        drop=args.drop, n_boot=args.n_boot, seed=args.seed, mask_seeds=args.mask_seeds, encoding=args.encoding,
     )
     for kind, why in result.attrs.get("skipped", {}).items():
-        print(f"skipped '{kind}': {why}", file=sys.stderr)
+        warn(f"skipped '{kind}': {why}")
     with _wide_pandas():
-        print(sweep_table(result).to_string())
-    print("written: " + ", ".join(str(p) for p in paths.values()))
+        say(sweep_table(result).to_string())
+    say("written: " + ", ".join(str(p) for p in paths.values()))
     return 0
 
 
@@ -199,7 +212,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from holomodal.report import build_report
 
     page = build_report(args.runs, args.out)
-    print(f"report: {page}")
+    # the folder was new or empty: everything in it is the report's
+    files = sorted(str(p.relative_to(page.parent)) for p in Path(page.parent).rglob("*") if p.is_file())
+    say(f"report: {page}")
+    say(f"written to {page.parent}: {', '.join(files)}")
     return 0
 
 
@@ -436,6 +452,21 @@ def _whole_number(low: int) -> Any:
     return parse
 
 
+def _seed_list(text: str) -> list[int]:
+    seeds = []
+    for item in text.split(","):
+        try:
+            seed = int(item)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{item}' is not a whole number (expected e.g. 0,1,2)") from None
+        if seed < 0:
+            raise argparse.ArgumentTypeError(f"seeds must be >= 0, got {seed}")
+        seeds.append(seed)
+    if len(set(seeds)) < len(seeds):
+        raise argparse.ArgumentTypeError(f"seed(s) given twice in '{text}': each draw needs a seed of its own")
+    return seeds
+
+
 def _add_hint_flags(parser: Any, prefix: str = "") -> None:
     """--image COL, --text COL, ...: the modality of a column, over what inference would choose."""
     for flag, what in (("image", "holds image file paths"), ("audio", "holds audio file paths"),
@@ -454,6 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model; key=value overrides follow the config files")
     train.add_argument("-c", "--config", action="append", help="YAML config (path or bundled name); repeatable, merged in order")
     train.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN from its last checkpoint")
+    train.add_argument("--baselines", action="store_true",
+                       help="also fit the baselines (gradient-boosted trees, a linear model, their ensemble with "
+                            "the model) on the same split: the override baselines=true")
     own = train.add_argument_group("your own data (instead of a config's data section)")
     own.add_argument("--train", metavar="TABLE", help="training table, CSV or parquet (data.train)")
     own.add_argument("--val", metavar="TABLE", help="validation table (default: 20%% of --train, stratified, seeded)")
@@ -467,6 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     pre = sub.add_parser("pretrain", help="self-supervised pre-training (TIP) without labels; key=value overrides follow")
     pre.add_argument("-c", "--config", action="append", help="YAML config (path or bundled name); repeatable, merged in order")
+    pre.add_argument("--resume", metavar="RUN",
+                     help="continue the pre-training run in folder RUN from its last checkpoint (e.g. with a larger "
+                          "trainer.max_epochs)")
     pre.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.max_epochs=3")
     pre.set_defaults(func=cmd_pretrain)
 
@@ -476,9 +513,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", help="a labelled CSV/parquet file instead of the run's data set")
     ev.add_argument("--missing", type=_parsed_by("parse_kinds"), help="comma-separated kinds: rvm,rfm,mifm,lifm,modality (default: none)")
     ev.add_argument("--rates", type=_parsed_by("parse_rates"), help="comma-separated rates (default 0,0.1,0.3,0.5,0.7,0.9)")
-    ev.add_argument("--drop", default="all", help="modality to drop for --missing modality (name, both, all)")
+    ev.add_argument("--drop", default="all", metavar="WHICH",
+                    help="for --missing modality, which modality the rate's share of rows loses: a modality's "
+                         "name (that one only), or 'all' (default; the rows are shared evenly among the modalities, "
+                         "each losing one); 'both' is 'all' for data with exactly two modalities")
     ev.add_argument("--n-boot", type=_whole_number(0), default=200, help="bootstrap resamples for the 95%% intervals")
     ev.add_argument("--seed", type=_whole_number(0), default=0, help="seed of the bootstrap")
+    ev.add_argument("--mask-seeds", type=_seed_list, metavar="SEEDS",
+                    help="comma-separated seeds, e.g. 0,1,2: every synthetic mask is drawn once per seed, the "
+                         "metric is the mean over the draws and the interval covers the draw too (default: one "
+                         "draw, with the seed training would use)")
+    ev.add_argument("--encoding", help="text encoding of a CSV table given with --data (default utf-8)")
     ev.set_defaults(func=cmd_evaluate)
 
     pr = sub.add_parser("predict", help="class probabilities for a CSV/parquet file")
@@ -527,14 +572,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    import shlex
+
+    words = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(words)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    try:
-        return int(args.func(args) or 0)
-    except HolomodalError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    with console_session(shlex.join(words), verbose=args.verbose):
+        try:
+            return int(args.func(args) or 0)
+        except HolomodalError as exc:
+            error(str(exc))
+            return 2
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import importlib.util
 import io
 import json
 import logging
+import math
 import os
 import time
 import warnings
@@ -27,6 +28,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from holomodal.compilation import compile_callbacks
+from holomodal.console import LIGHTNING_NOTICES, interactive, say
 from holomodal.errors import ConfigError, HolomodalError
 from holomodal.runs import CHECKPOINTS, disk_full, is_disk_full, jsonable, write_text
 from holomodal.safe_load import load_checkpoint, unsafe_imports
@@ -140,6 +142,102 @@ class LastCheckpoint(RunCheckpoint):
         return "holomodal.LastCheckpoint"
 
 
+class RunConsole(Callback):
+    """The run as lines a person reads (:func:`holomodal.console.say`): where it runs, one
+    line an epoch (train loss, the monitored metric, seconds), a line when the method's
+    training phase changes (a module's ``phase_name``), and why it stopped.
+
+    ``screen=False`` when a progress bar shows the epochs: the lines then go only to the
+    run log. Silent in processes other than global rank 0."""
+
+    def __init__(self, run_dir: Path, monitor: str | None = None, mode: str = "max", screen: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.monitor = monitor
+        self.mode = mode
+        self.screen = screen
+        self.phase: str | None = None
+        self.best: tuple[float, int | None] | None = None
+        self.epoch_start = 0.0
+        self.sanity_filters: Any = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # setup, not on_fit_start: a resumed checkpoint is restored in between, and an error
+        # there belongs in the run's log too
+        if stage != "fit" or not trainer.is_global_zero:
+            return
+        where = type(trainer.accelerator).__name__.removesuffix("Accelerator").lower()
+        devices = f"{trainer.num_devices} {where} device{'s' if trainer.num_devices > 1 else ''}"
+        if trainer.num_nodes > 1:
+            devices += f" on each of {trainer.num_nodes} nodes"
+        say(f"run folder: {self.run_dir}; training on {devices}, precision {trainer.precision}", run_dir=self.run_dir)
+
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # the check scores a couple of validation batches that may lack a class: torchmetrics'
+        # complaint about it concerns a score nobody sees
+        self.sanity_filters = warnings.catch_warnings()
+        self.sanity_filters.__enter__()
+        warnings.filterwarnings("ignore", message="No (positive|negative) samples in targets")
+
+    def on_sanity_check_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._end_sanity_filters()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._end_sanity_filters()
+
+    def _end_sanity_filters(self) -> None:
+        if self.sanity_filters is not None:
+            self.sanity_filters.__exit__(None, None, None)
+            self.sanity_filters = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and trainer.current_epoch > 0:
+            say(f"resumed from {trainer.ckpt_path} after epoch {trainer.current_epoch}")
+            best = getattr(trainer.checkpoint_callback, "best_model_score", None)
+            if best is not None and self.monitor:
+                self.best = (float(best), None)  # an epoch before the resume
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.epoch_start = time.perf_counter()
+        phase = getattr(pl_module, "phase_name", None)
+        if phase and phase != self.phase and trainer.is_global_zero:
+            say(f"phase: {phase} (from epoch {trainer.current_epoch + 1})")
+        self.phase = phase or self.phase
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        metrics = trainer.callback_metrics
+        shown = ["train/loss", self.monitor or "val/loss"]
+        parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
+        parts += [f"{name} {float(metrics[name]):.4f}" for name in dict.fromkeys(shown) if name in metrics]
+        score = float(metrics[self.monitor]) if self.monitor in metrics else math.nan
+        if math.isfinite(score):
+            if self.best is None or (score > self.best[0] if self.mode == "max" else score < self.best[0]):
+                self.best = (score, trainer.current_epoch + 1)
+                parts[-1] += " (best)"
+        parts.append(f"{time.perf_counter() - self.epoch_start:.1f} s")
+        say("  ".join(parts), screen=self.screen)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        from lightning.pytorch.callbacks import EarlyStopping, Timer
+
+        done = trainer.current_epoch  # epochs completed
+        why = f"{done} of {trainer.max_epochs} epoch(s)"
+        for cb in trainer.callbacks:
+            if isinstance(cb, EarlyStopping) and cb.stopped_epoch:
+                why = (f"stopped early after epoch {cb.stopped_epoch + 1}: {cb.monitor} did not improve for "
+                       f"{cb.patience} epoch(s)")
+            elif isinstance(cb, Timer) and (cb.time_remaining() or 0) <= 0 and done < (trainer.max_epochs or 0):
+                why = f"stopped after epoch {done}: trainer.max_time reached"
+        best = ""
+        if self.best is not None and self.monitor:
+            when = f"epoch {self.best[1]}" if self.best[1] else "an epoch before the resume"
+            best = f"; best {self.monitor} {self.best[0]:.4f} at {when}"
+        say(f"training done: {why}{best}")
+
+
 class StepDelayHook(Callback):
     """Test hook only: sleeps after every training batch, so that a test can kill a run in
     the middle of an epoch. Enabled by the environment variable HOLOMODAL_TEST_STEP_DELAY
@@ -169,6 +267,20 @@ def check_loggers(names: Sequence[str]) -> None:
                 "folder, which needs the package 'sqlalchemy' (`pip install mlflow`, not mlflow-skinny), "
                 "or set MLFLOW_TRACKING_URI to a tracking server"
             )
+
+
+class _NoAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip: For seamless cloud" not in record.getMessage()
+
+
+def quiet_adverts() -> None:
+    """Lightning's adverts for its cloud services dropped, for the Python API too (the CLI
+    quiets all of Lightning's notices)."""
+    for name in LIGHTNING_NOTICES:
+        notices = logging.getLogger(name)
+        if not any(isinstance(f, _NoAdverts) for f in notices.filters):
+            notices.addFilter(_NoAdverts())
 
 
 def auto_precision() -> str:
@@ -238,6 +350,10 @@ def build_trainer(
     warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     cfg = trainer_options(trainer)
+    # a bar only where it can redraw itself; elsewhere RunConsole's line an epoch says the same
+    bar = bool(cfg.get("enable_progress_bar", True)) and interactive()
+    cfg["enable_progress_bar"] = bar
+    quiet_adverts()
     stack: list[Callback] = [*compile_callbacks(compile), EpochSeed(seed)]
     if checkpoint is not None:  # first, so that it is Trainer.checkpoint_callback
         stack.append(RunCheckpoint(dirpath=run_dir / CHECKPOINTS, enable_version_counter=False,
@@ -246,8 +362,9 @@ def build_trainer(
     stopping = trainer.get(EARLY_STOPPING)
     if stopping and monitor:
         stack.append(EarlyStopping(monitor=monitor, mode=mode, **dict(stopping)))
-    if cfg.get("enable_progress_bar", True):
+    if bar:
         stack.append(RichProgressBar(leave=True))
+    stack.append(RunConsole(run_dir, monitor=monitor, mode=mode, screen=not bar))
     if os.environ.get("HOLOMODAL_TEST_STEP_DELAY"):
         stack.append(StepDelayHook(float(os.environ["HOLOMODAL_TEST_STEP_DELAY"])))
     stack.extend(callbacks)
@@ -345,6 +462,6 @@ def update_records(run_dir: Path, pending: dict[str, str]) -> None:
 
 __all__ = [
     "DEFAULT_TRAINER", "KNOWN_LOGGERS", "AtomicCheckpointIO", "EpochSeed", "LastCheckpoint", "RunCheckpoint",
-    "auto_precision", "build_trainer",
+    "RunConsole", "auto_precision", "build_trainer",
     "check_loggers", "make_loggers", "merge_log", "read_log", "run_fit", "update_records", "write_records",
 ]

@@ -116,6 +116,13 @@ class I2M2(ClassificationMethod):
     def training_experts_alone(self) -> bool:
         return not self.joint or self.current_epoch < self.expert_epochs
 
+    @property
+    def phase_name(self) -> str:
+        """The training phase, for the run's progress lines (holomodal.training.RunConsole)."""
+        if self.training_experts_alone:
+            return "each expert trained alone"
+        return "all experts trained jointly, as a product of experts"
+
     def training_loss(self, batch: Batch) -> Tensor:
         if self.is_regression:
             return self._regression_loss(batch)

@@ -147,7 +147,10 @@ class TextProcessor:
                 for word, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(text))
                 for ch in word[1:]
             })
-            trainer = trainers.WordPieceTrainer(vocab_size=self.vocab_size, special_tokens=specials + continuations)
+            # show_progress off: its bar is written to the terminal by Rust, past Python's
+            # stdout, and in a file or pipe leaves blank lines
+            trainer = trainers.WordPieceTrainer(vocab_size=self.vocab_size, special_tokens=specials + continuations,
+                                                show_progress=False)
             tok.train_from_iterator(texts, trainer=trainer)
             # a fresh tokenizer: the continuation pieces are ordinary vocabulary, not special
             # tokens to be cut out of raw text; ids renumbered canonically
