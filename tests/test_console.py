@@ -61,8 +61,12 @@ def test_a_cli_run_in_a_fresh_process_prints_no_noise(own_tables, tmp_path, data
     stdout, stderr = (tmp_path / "out").read_text(), (tmp_path / "err").read_text()
     assert done.returncode == 0, stderr
     assert noise_in(stdout + stderr) == []
-    assert stderr.splitlines() == ["warning: column 'view': 7 value(s) never seen in training ['Lateral', 'Oblique', "
-                                   "'Side'] map to the 'unknown' category"]
+    [line] = stderr.splitlines()
+    found = re.fullmatch(r"warning: column 'view' \(test split\): 7 cell\(s\) hold 3 value\(s\) never seen in training "
+                         r"\('(\w+)' x(\d+), '(\w+)' x(\d+), '(\w+)' x(\d+)\); they map to the 'unknown' category", line)
+    assert found, line
+    assert sorted(found.group(1, 3, 5)) == ["Lateral", "Oblique", "Side"]
+    assert sum(int(n) for n in found.group(2, 4, 6)) == 7  # the count matches the list
     epochs = [line for line in stdout.splitlines() if line.startswith("epoch ")]
     assert [line.split()[1] for line in epochs] == ["1/2", "2/2"]
     assert all("train/loss" in line and "val/auroc" in line and line.endswith(" s") for line in epochs)
@@ -84,7 +88,7 @@ def test_train_evaluate_report_say_what_they_did(own_tables, tmp_path, capsys):
     assert len([line for line in out.splitlines() if line.startswith("epoch ")]) == 2
     # the test split's unseen values, once, though the test split is encoded more than once
     unseen = [line for line in err.splitlines() if "never seen in training" in line]
-    assert len(unseen) == 1 and unseen[0].startswith("warning: column 'view': 7 value(s)")
+    assert len(unseen) == 1 and unseen[0].startswith("warning: column 'view' (test split): 7 cell(s) hold 3 value(s)")
     log = (run / LOG_FILE).read_text()
     assert "schema inferred from" in log and "validation: 20% of the rows" in log  # said before the run had a folder
     assert unseen[0] in log and "epoch 2/2" in log

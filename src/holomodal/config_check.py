@@ -253,7 +253,9 @@ class _Checker:
             sub = f"{path}.{key}"
             if value is None:
                 continue
-            if key == "encoders":
+            if key == "members" and name == "ensemble":
+                self.members(sub, value)
+            elif key == "encoders":
                 self.encoders(sub, value, name)
             elif key == "fusion":
                 self.factory(sub, value, FUSIONS, ("input_dims",))
@@ -264,6 +266,25 @@ class _Checker:
             elif key in SUB_OPTIONS:
                 factory, fixed, what = SUB_OPTIONS[key]
                 self.keys(sub, self.section(sub, value), options_of(factory, fixed=fixed), what)
+
+    def members(self, path: str, value: Any) -> None:
+        """The ensemble's members: ``{method, model, name}`` mappings, each member's model
+        options checked as that method's own."""
+        if not isinstance(value, list) or not value:
+            self.fail(path, f"must be a non-empty list of members, e.g. [{{method: late_fusion}}, {{method: gbdt}}], got {value!r}")
+        for i, member in enumerate(value):
+            sub = f"{path}[{i}]"
+            member = self.section(sub, member, required=True)
+            self.keys(sub, member, ["method", "model", "name"], "an ensemble member")
+            if "method" not in member:
+                self.fail(sub, f"names no method: add method: one of {', '.join(METHODS.list())}")
+            allowed = [m for m in METHODS.list() if m != "ensemble"]
+            self.choice(f"{sub}.method", member["method"], allowed, "method for an ensemble member")
+            if member.get("name") is not None and (not isinstance(member["name"], str) or not re.fullmatch(r"[\w.-]+", member["name"])):
+                self.fail(f"{sub}.name", f"must be a folder name (letters, digits, _ . -), got {member['name']!r}")
+            method = member["method"]
+            self.method_options(f"{sub}.model", METHODS.get(method), self.section(f"{sub}.model", member.get("model")),
+                                f"method '{method}'", method)
 
     def encoders(self, path: str, value: Any, method: str) -> None:
         # keys are modality names or types; which exist is only known once the data is read

@@ -8,6 +8,10 @@
 
 Hyper-parameters are stored by ``__init__`` only; the fitted state lives in attributes
 ending in ``_`` (``preprocessor_``, ``model_``, ``plan_``, ``run_dir_``).
+
+Deep methods train with a Lightning trainer; ``gbdt``, ``linear`` and ``ensemble`` fit in
+one step on the whole encoded split (``fits_directly``) and write the same run folder,
+without checkpoints or training curves.
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from holomodal.batch import Batch
 from holomodal.errors import DataError, HolomodalError, RunFolderError
 from holomodal.loading import make_loader
-from holomodal.methods import METHODS, ClassificationMethod, ModelContext, create_method
+from holomodal.methods import METHODS, ModelContext, create_method
 from holomodal.methods.base import compute_metrics
+from holomodal.methods.classical.base import raw_texts
 from holomodal.missingness import MissingnessPlan
 from holomodal.preprocessing import Preprocessor
 from holomodal.runs import (
@@ -40,7 +45,7 @@ from holomodal.runs import (
 from holomodal.safe_load import (
     DamagedFileError, check_checkpoint, load_checkpoint, load_safetensors, read_json, require_keys,
 )
-from holomodal.schema import Schema, Task, row_list
+from holomodal.schema import Modality, Schema, Task, row_list
 from holomodal.training import (  # noqa: F401  (AtomicCheckpointIO, EpochSeed, KNOWN_LOGGERS: public here too)
     DEFAULT_TRAINER, KNOWN_LOGGERS, AtomicCheckpointIO, EpochSeed, auto_precision, build_trainer, check_loggers,
     merge_log, read_log, run_fit, update_records, write_records,
@@ -54,6 +59,7 @@ DEFAULT_EARLY_STOPPING = {"patience": 10, "min_delta": 0.0002}
 LOWER_IS_BETTER = ("rmse", "mae", "loss")
 RUN_DIR_ENV = "HOLOMODAL_RUN_DIR"
 MODEL_DIR = "model"
+MEMBERS_DIR = "members"  # an ensemble's members' run folders, inside its own
 log = logging.getLogger("holomodal")
 
 # the names these had before holomodal.training existed (holomodal.config_check imports them)
@@ -73,6 +79,44 @@ def without_pretrained(options: Any) -> Any:
     if isinstance(options, list):
         return [without_pretrained(v) for v in options]
     return options
+
+
+class TextKeepingPreprocessor(Preprocessor):
+    """A :class:`Preprocessor` that keeps the raw text of the last table it encoded.
+
+    The linear baseline reads raw text, which the token ids of a batch only hold the first
+    ``max_length`` tokens of; code that is handed a batch alone (a robustness sweep, say)
+    finds the text here, checked against the batch's own token ids."""
+
+    _kept: tuple[dict[str, list[str]], dict[str, torch.Tensor]] | None = None
+
+    def transform(self, df: pd.DataFrame, *, with_target: bool = True,
+                  split: str | None = None) -> tuple[Batch, dict[str, Any]]:
+        batch, summary = super().transform(df, with_target=with_target, split=split)
+        texts = raw_texts(self.schema, df)
+        self._kept = (texts, {c: batch.inputs[c]["input_ids"] for c in texts}) if texts else None
+        return batch, summary
+
+    def texts_for(self, batch: Batch) -> dict[str, list[str]]:
+        """The raw text of ``batch``'s rows, from the table encoded last; a :class:`DataError`
+        when that table is not the one ``batch`` comes from."""
+        stale = DataError("this model reads raw text, and the batch is not from the table encoded last: "
+                          "encode the table again (or pass its text: texts=raw_texts(schema, table))")
+        if not self.schema.of(Modality.TEXT):
+            return {}
+        if self._kept is None:
+            raise stale
+        texts, ids = self._kept
+        rows = (torch.arange(len(batch)) if batch.row is None else batch.row).cpu()
+        out = {}
+        for column, kept in texts.items():
+            if column not in batch.inputs or (len(rows) and int(rows.max()) >= len(kept)):
+                raise stale
+            present = batch.present[column].cpu()
+            if not torch.equal(batch.inputs[column]["input_ids"].cpu()[present], ids[column][rows][present]):
+                raise stale
+            out[column] = [kept[i] for i in rows.tolist()]
+        return out
 
 
 class Classifier:
@@ -122,12 +166,17 @@ class Classifier:
                 Task.REGRESSION: "val/rmse"}[self.schema.task]
 
     @property
+    def fits_directly(self) -> bool:
+        """The method fits in one step without a Lightning trainer (classical, ensemble)."""
+        return bool(getattr(METHODS.get(self.method), "fits_directly", False))
+
+    @property
     def monitor_mode(self) -> str:
         return "min" if self.monitor_metric.rsplit("/", 1)[-1].endswith(LOWER_IS_BETTER) else "max"
 
     # ---- encoding ----------------------------------------------------------------------
     def _encode(self, df: pd.DataFrame, split: str, plan: MissingnessPlan | None, with_target: bool = True) -> tuple[Batch, dict[str, Any]]:
-        batch, summary = self.preprocessor_.transform(df, with_target=with_target)
+        batch, summary = self.preprocessor_.transform(df, with_target=with_target, split=split)
         if plan is not None and plan.specs:
             n_tab = 0 if batch.cell_missing is None else batch.cell_missing.shape[1]
             masks = plan.masks(split, len(batch), n_tab, list(batch.present))
@@ -146,21 +195,35 @@ class Classifier:
         return ModelContext(pre.input_specs, types, pre.num_classes, self.schema.task.value, list(pre.classes_),
                             train_rows=rows)
 
-    def _build_model(self) -> ClassificationMethod:
+    def _build_model(self) -> Any:
+        if self.fits_directly:  # no optimiser; the seed seeds the estimator
+            return create_method(self.method, self._context(), **{"seed": self.seed, **self.model})
         return create_method(self.method, self._context(), optim=self.optim, **self.model)
 
     # ---- fit ---------------------------------------------------------------------------
     def fit(
         self, train: pd.DataFrame, val: pd.DataFrame | None = None, *, resume: bool = False,
-        record: dict[str, Any] | None = None,
+        record: dict[str, Any] | None = None, members: dict[str, "Classifier"] | None = None,
     ) -> "Classifier":
         """Fit on ``train`` (model selection on ``val``). ``record`` maps file names to
         data written into the run folder (YAML for ``.yaml``, else JSON).
 
         ``resume`` continues the run in ``run_dir`` from ``checkpoints/last.ckpt`` (or
         ``best.ckpt`` when there is no ``last.ckpt``): an interrupted run, or a finished one
-        given a larger ``trainer.max_epochs``."""
+        given a larger ``trainer.max_epochs``.
+
+        Classical methods (``gbdt``, ``linear``) fit in one step, without a trainer. The
+        ``ensemble`` fits its members (``model.members``) as runs of their own in
+        ``RUN/members/<name>/``, or takes ``members``: classifiers already fitted on this
+        ``train``, by name; then it weighs them on ``val``, which it needs."""
         # everything that can fail on the user's data runs before the run folder is touched
+        if self.fits_directly and resume:
+            raise RunFolderError(f"method '{self.method}' fits in one step, with nothing to resume: train it again")
+        if self.method == "ensemble" and val is None:
+            raise DataError("method 'ensemble' weighs its members on a validation split: give val (data.val, "
+                            "or data.val_fraction)")
+        if members is not None and self.method != "ensemble":
+            raise ValueError("members= is for method 'ensemble'")
         check_loggers(self.loggers)
         self.schema.validate(train, allow_extra=True)
         if val is not None:
@@ -185,13 +248,13 @@ class Classifier:
         if saved is not None and saved.exists():
             state = read_json(saved, "preprocessing record")
             try:
-                self.preprocessor_ = Preprocessor.from_state(state)
+                self.preprocessor_ = TextKeepingPreprocessor.from_state(state)
             except HolomodalError:
                 raise
             except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
                 raise _rebuild_error(saved, exc) from None
         else:
-            self.preprocessor_ = Preprocessor(self.schema).fit(train)
+            self.preprocessor_ = TextKeepingPreprocessor(self.schema).fit(train)
         # a method starting from pre-trained weights must see the data encoded as in pre-training
         adopt = getattr(METHODS.get(self.method), "adopt_pretraining", None)
         if adopt is not None:
@@ -199,6 +262,8 @@ class Classifier:
         self.train_rows_ = len(train)
         # the defaults the method fills in (its encoders, chosen by modality and data size) are
         # written out, so that the run's record and the saved model say what was built
+        if members is not None:  # the record names the members as a fresh ensemble would fit them
+            self.model = {**self.model, "members": [{"name": n, "method": m.method, "model": m.model} for n, m in members.items()]}
         self.model = METHODS.get(self.method).resolve_options(self._context(), self.model)
         self.plan_ = MissingnessPlan.from_config(self.missing)
         if self.plan_.needs_ranking:
@@ -218,6 +283,12 @@ class Classifier:
             os.environ[RUN_DIR_ENV] = str(self.run_dir_)
             pending = self._write_run_record(record, train_summary, val_summary, resume)
 
+        if self.fits_directly:
+            self._fit_directly(train, val, train_batch, val_batch, members)
+            update_records(self.run_dir_, pending)
+            self.best_checkpoint_ = ""
+            self._finish_run(val)
+            return self
         # Lightning's CSV logger deletes an existing metrics.csv: keep the resumed run's history
         earlier_log = read_log(self.run_dir_ / "metrics.csv") if resume and rank == 0 else None
         trainer = self._make_trainer(has_val=val_batch is not None)
@@ -239,6 +310,45 @@ class Classifier:
             self._finish_run(val)
         return self
 
+    def _fit_directly(self, train: pd.DataFrame, val: pd.DataFrame | None, train_batch: Batch,
+                      val_batch: Batch | None, members: dict[str, "Classifier"] | None) -> None:
+        if self.method != "ensemble":
+            self.model_.fit(train_batch, raw_texts(self.schema, train))
+            return
+        if members is None:
+            members = {}
+            for name, spec in zip(self.model_.names, self.model_.specs):
+                params = {**self.get_params(), "method": spec["method"], "model": dict(spec.get("model") or {})}
+                child = Classifier(self.schema, **params, run_dir=self.run_dir_ / MEMBERS_DIR / name)
+                members[name] = child.fit(train, val)
+                os.environ[RUN_DIR_ENV] = str(self.run_dir_)  # the member's fit named its own folder there
+        mine = json.dumps(self.preprocessor_.state_dict(), sort_keys=True, default=jsonable)
+        for name, member in members.items():
+            if json.dumps(member.preprocessor_.state_dict(), sort_keys=True, default=jsonable) != mine:
+                raise DataError(f"ensemble member '{name}' ({member.method}) encodes the data differently from the "
+                                "ensemble (trained on another table, or encoded as in its pre-training): members "
+                                "must be fitted on the ensemble's training table")
+        self.model_.set_members(members)
+        self.model_.fit_weights(val_batch, raw_texts(self.schema, val), self._selection_score())
+
+    def _selection_score(self) -> Any:
+        """The monitored metric as a score to maximise, for choosing ensemble weights."""
+        name = self.monitor_metric.rsplit("/", 1)[-1]
+        sign = -1.0 if self.monitor_mode == "min" else 1.0
+        task, n = self.schema.task.value, self.preprocessor_.num_classes
+
+        def score(probs: np.ndarray, target: np.ndarray) -> float:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # undefined on validation: NaN, which selection skips
+                values = compute_metrics(task, n, torch.from_numpy(np.asarray(probs, np.float32)), torch.from_numpy(target))
+            if name not in values:
+                raise DataError(f"monitor '{self.monitor_metric}' is not a {task} metric (known: {sorted(values)})")
+            return sign * values[name]
+
+        return score
+
     def _finish_run(self, val: pd.DataFrame | None) -> None:
         """What a finished run folder holds besides its record, for a run made in Python as for
         one made by ``holomodal train``: the validation metrics, the model, the curves."""
@@ -251,6 +361,8 @@ class Classifier:
             results["val"] = dict(metrics)
             if metrics.undefined:
                 results["undefined"] = {"val": metrics.undefined}
+        if self.method == "ensemble":  # each pattern's validation scores, members and ensemble
+            results["ensemble"] = self.model_.ensemble_.to_dict()["validation_scores"]
         write_json(self.run_dir_ / "metrics.json", results)
         rows = [] if metrics is None else [{"split": "val", **metrics}]
         write_text(self.run_dir_ / "results.csv", pd.DataFrame(rows).to_csv(index=False))
@@ -317,11 +429,19 @@ class Classifier:
             raise DataError("this Classifier is not fitted yet: call fit() or Classifier.load()")
 
     @torch.inference_mode()
-    def _probabilities(self, batch: Batch) -> np.ndarray:
-        model = self.model_.eval()
-        device = next(model.parameters()).device
-        out = [model.probabilities(model(part.to(device))).float().cpu() for part in make_loader(batch, 512, shuffle=False)]
-        probs = torch.cat(out).numpy()
+    def _probabilities(self, batch: Batch, texts: dict[str, list[str]] | None = None) -> np.ndarray:
+        """Class probabilities (or standardised values) of an encoded ``batch``. ``texts``: the
+        raw text of its rows, which a classical model reads; by default the text of the table
+        the preprocessor encoded last, when ``batch`` comes from it."""
+        if self.fits_directly:
+            if texts is None and getattr(self.model_, "uses_text", False):
+                texts = self.preprocessor_.texts_for(batch)
+            probs = self.model_.probabilities(batch, texts).float().numpy()
+        else:
+            model = self.model_.eval()
+            device = next(model.parameters()).device
+            out = [model.probabilities(model(part.to(device))).float().cpu() for part in make_loader(batch, 512, shuffle=False)]
+            probs = torch.cat(out).numpy()
         # inputs are validated, so this means diverged weights: no prediction or metric is made of it
         bad = ~np.isfinite(probs).all(axis=1)
         if bad.any():
@@ -397,7 +517,7 @@ class Classifier:
             "missingness": self.plan_.to_dict(),
         }
         text = json.dumps(meta, indent=2, default=jsonable).encode()
-        state = {k: v.detach().cpu().contiguous() for k, v in self.model_.state_dict().items()}
+        state = None if self.fits_directly else {k: v.detach().cpu().contiguous() for k, v in self.model_.state_dict().items()}
         if own:  # what a killed save of this run left behind
             for stale in stale_staging(path):
                 shutil.rmtree(stale, ignore_errors=True)
@@ -414,7 +534,10 @@ class Classifier:
             with writing(path, intact):
                 tmp = staging_folder(path)
                 write_bytes_durably(tmp / "predictor.json", text)
-                save_file(state, str(tmp / "model.safetensors"))
+                if state is None:  # classical: JSON + safetensors (+ skops); ensemble: JSON + members
+                    self.model_.save(tmp)
+                else:
+                    save_file(state, str(tmp / "model.safetensors"))
                 install_folder(tmp, path)
         except BaseException:
             if tmp is not None:
@@ -424,7 +547,8 @@ class Classifier:
 
     @classmethod
     def load(cls, path: str | Path) -> "Classifier":
-        """A model saved by :meth:`save`; reads JSON and safetensors only (no pickle)."""
+        """A model saved by :meth:`save`; reads JSON and safetensors only (no pickle), and for
+        ``gbdt`` skops' format with a fixed list of trusted types."""
         path = Path(path)
         meta_file = path / "predictor.json"
         if not meta_file.exists():
@@ -438,7 +562,7 @@ class Classifier:
             raise DataError(f"'{meta_file}' is format {meta['format_version']!r}; this holomodal reads format "
                             f"{FORMAT_VERSION} and older: upgrade holomodal")
         try:
-            pre = Preprocessor.from_state(meta["preprocessor"])
+            pre = TextKeepingPreprocessor.from_state(meta["preprocessor"])
             params = copy.deepcopy(meta["params"])
             # the saved weights replace any pretrained ones: never look for them (or download them)
             params["model"] = without_pretrained(params.get("model") or {})
@@ -451,6 +575,9 @@ class Classifier:
             raise
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
             raise _rebuild_error(meta_file, exc) from None
+        if clf.fits_directly:
+            clf.model_.load(path)
+            return clf
         weights_file = path / "model.safetensors"
         weights = load_safetensors(weights_file, "model weights file")
         try:

@@ -140,7 +140,7 @@ def robustness_sweep(
     parse_rates(",".join(str(r) for r in rates))
     task, num_classes = clf.schema.task.value, clf.preprocessor_.num_classes
 
-    base, _ = clf.preprocessor_.transform(frame, with_target=True)
+    base, _ = clf.preprocessor_.transform(frame, with_target=True, split=split)
     n_tab = 0 if base.cell_missing is None else int(base.cell_missing.shape[1])
     skipped: dict[str, str] = {}
     for kind in kinds:

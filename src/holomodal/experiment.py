@@ -220,7 +220,9 @@ def classifier_from_config(cfg: dict[str, Any], schema: Schema, data_name: str) 
 
 def run_training(cfg: DictConfig | dict, *, resume: bool = False) -> dict[str, Any]:
     """Train, test, save; returns the metrics. Every file goes into the run folder, and the
-    configuration is checked before any data is read or anything is written."""
+    configuration is checked before any data is read or anything is written. With
+    ``baselines: true`` the baselines and their ensemble with the model follow
+    (:func:`fit_baselines`)."""
     cfg = checked_config(cfg, "train")
     splits = load_splits(cfg["data"])
     clf = classifier_from_config(cfg, splits.schema, splits.name)
@@ -230,9 +232,16 @@ def run_training(cfg: DictConfig | dict, *, resume: bool = False) -> dict[str, A
         Preprocessor(splits.schema).check_labels(splits.train, test=splits.test)
     start = time.perf_counter()
     clf.fit(splits.train, splits.val, resume=resume, record={"config.yaml": cfg})
-    fit_seconds = time.perf_counter() - start
-    run_dir = clf.run_dir_
-    results: dict[str, Any] = {"fit_seconds": fit_seconds, "best_checkpoint": clf.best_checkpoint_}
+    results = {"fit_seconds": time.perf_counter() - start, **record_test(clf, splits)}
+    if cfg.get("baselines"):
+        results["baselines"] = fit_baselines(cfg, splits, clf, results)
+    results["run_dir"] = str(clf.run_dir_)
+    return results
+
+
+def record_test(clf: Classifier, splits: Splits) -> dict[str, Any]:
+    """The fitted run's validation and test metrics, written to its metrics.json and results.csv."""
+    results: dict[str, Any] = {"best_checkpoint": clf.best_checkpoint_}
     rows = []
     for split, frame in (("val", splits.val), ("test", splits.test)):
         if frame is not None:
@@ -242,7 +251,112 @@ def run_training(cfg: DictConfig | dict, *, resume: bool = False) -> dict[str, A
                 results.setdefault("undefined", {})[split] = metrics.undefined
             rows.append({"split": split, **metrics})
     # fit() wrote the model, the curves and the validation results; the test split joins them
-    write_json(run_dir / "metrics.json", results)
-    write_text(run_dir / "results.csv", pd.DataFrame(rows).to_csv(index=False))
-    results["run_dir"] = str(run_dir)
+    saved = {**results}
+    if clf.method == "ensemble":  # fit() recorded the ensemble's validation scores per pattern
+        earlier = json.loads((clf.run_dir_ / "metrics.json").read_text())
+        saved["ensemble"] = earlier.get("ensemble")
+    write_json(clf.run_dir_ / "metrics.json", saved)
+    write_text(clf.run_dir_ / "results.csv", pd.DataFrame(rows).to_csv(index=False))
     return results
+
+
+BASELINES_DIR = "baselines"
+MODEL_MEMBER = "model"  # the trained model's name among the ensemble's members
+
+
+def applicable_baselines(clf: Classifier) -> list[str]:
+    """The classical baselines that read some of the data: trees need a table, the linear
+    model a table or text; the model's own method is not fitted twice."""
+    processors = clf.preprocessor_.processors
+    has_text = any(clf.schema.modality_type(m).value == "text" for m in processors if m != "tabular")
+    names = (["gbdt"] if "tabular" in processors else []) + (["linear"] if "tabular" in processors or has_text else [])
+    return [n for n in names if n != clf.method]
+
+
+def fit_baselines(cfg: dict[str, Any], splits: Splits, clf: Classifier, model_results: dict[str, Any]) -> dict[str, Any]:
+    """gbdt and linear on the model's split, each a run folder of its own in
+    ``RUN/baselines/<name>/``, then the ensemble of the model and them in
+    ``RUN/baselines/ensemble/``; their metrics beside the model's are printed and written to
+    ``RUN/baselines.csv``, with a warning when the model is worse than the best baseline on
+    validation. ``model_results``: the model's metrics (:func:`record_test`)."""
+    root = clf.run_dir_ / BASELINES_DIR
+    fitted: dict[str, Classifier] = {}
+    results: dict[str, Any] = {}
+    for name in applicable_baselines(clf):
+        child_cfg = _child_config(cfg, name, {}, root / name)
+        child = classifier_from_config(child_cfg, splits.schema, splits.name)
+        child.fit(splits.train, splits.val, record={"config.yaml": child_cfg})
+        fitted[name] = child
+        results[name] = record_test(child, splits)
+    if fitted and splits.val is not None and clf.method != "ensemble":
+        members = {MODEL_MEMBER: clf, **fitted}
+        specs = [{"name": n, "method": m.method, "model": m.model} for n, m in members.items()]
+        ens_cfg = _child_config(cfg, "ensemble", {"members": specs}, root / "ensemble")
+        ens = classifier_from_config(ens_cfg, splits.schema, splits.name)
+        ens.fit(splits.train, splits.val, members=members, record={"config.yaml": ens_cfg})
+        results["ensemble"] = record_test(ens, splits)
+    table = _comparison(clf, model_results, results)
+    write_text(clf.run_dir_ / "baselines.csv", table.to_csv(index=False))
+    _print_comparison(table, clf)
+    warning = worse_than_baseline(clf, table)
+    if warning:
+        results["warning"] = warning
+        _warn(warning)
+    return results
+
+
+def _child_config(cfg: dict[str, Any], method: str, model: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """The baseline's own config.yaml: the model's, with its method; a run the CLI opens."""
+    return {**cfg, "method": method, "model": model, "baselines": False, "run": {**cfg["run"], "dir": str(run_dir)}}
+
+
+def _comparison(clf: Classifier, model_results: dict[str, Any], results: dict[str, Any]) -> pd.DataFrame:
+    rows = []
+    for name, run in [(MODEL_MEMBER, model_results), *results.items()]:
+        method = clf.method if name == MODEL_MEMBER else name
+        folder = clf.run_dir_ if name == MODEL_MEMBER else clf.run_dir_ / BASELINES_DIR / name
+        for split in ("val", "test"):
+            if run.get(split):
+                rows.append({"run": name, "method": method, "split": split, **run[split], "dir": str(folder)})
+    return pd.DataFrame(rows)
+
+
+def worse_than_baseline(clf: Classifier, table: pd.DataFrame) -> str | None:
+    """The warning when the model's monitored validation metric is worse than the best
+    classical baseline's (the ensemble, which holds the model, is not a baseline here)."""
+    metric = clf.monitor_metric.rsplit("/", 1)[-1]
+    val = table[(table["split"] == "val") & table["run"].isin([MODEL_MEMBER, "gbdt", "linear"])]
+    if metric not in val.columns:
+        return None
+    mine = val.loc[val["run"] == MODEL_MEMBER, metric]
+    others = val[(val["run"] != MODEL_MEMBER) & val[metric].notna()]
+    if mine.empty or others.empty or not np.isfinite(mine.iloc[0]):
+        return None
+    lower = clf.monitor_mode == "min"
+    best = others.loc[others[metric].idxmin() if lower else others[metric].idxmax()]
+    model_value = float(mine.iloc[0])
+    if (model_value > best[metric]) if lower else (model_value < best[metric]):
+        return (f"the model is worse than {best['run']} on validation: {metric} {model_value:.4f} vs "
+                f"{float(best[metric]):.4f}")
+    return None
+
+
+def _print_comparison(table: pd.DataFrame, clf: Classifier) -> None:
+    from holomodal.console import render, say
+    from rich.table import Table
+
+    metrics = [c for c in table.columns if c not in ("run", "method", "split", "dir")]
+    out = Table(title=f"model vs baselines (val/test; monitored: {clf.monitor_metric})")
+    for column in ("run", "method", "split", *metrics):
+        out.add_column(column, justify="right" if column in metrics else "left")
+    for _, row in table.iterrows():
+        out.add_row(row["run"], row["method"], row["split"],
+                    *("" if pd.isna(row[m]) else f"{row[m]:.4f}" for m in metrics))
+    say(render(out))
+    say(f"baselines: {clf.run_dir_ / BASELINES_DIR}; table: {clf.run_dir_ / 'baselines.csv'}")
+
+
+def _warn(text: str) -> None:
+    from holomodal.console import warn
+
+    warn(text)

@@ -98,6 +98,12 @@ def _require(module: str) -> Any:
         raise ConfigError(f"ONNX export needs the package '{module}': pip install 'holomodal[onnx]'") from None
 
 
+def _require_deep(clf: Classifier) -> None:
+    if clf.fits_directly:  # scikit-learn models and ensembles have no single traceable graph
+        raise ConfigError(f"ONNX export takes a deep model; method '{clf.method}' is not one: "
+                          "use holomodal predict with its run folder")
+
+
 def example_batch(clf: Classifier, frame: pd.DataFrame, rows: int = 8) -> Batch:
     clf._check_fitted()
     batch, _ = clf.preprocessor_.transform(frame.iloc[:rows], with_target=False)
@@ -111,6 +117,7 @@ def export_onnx(clf: Classifier, path: str | Path, example: Batch, *, opset: int
     path = Path(path)
     if path.exists():
         raise DataError(f"will not overwrite '{path}': it exists")
+    _require_deep(clf)
     model = clf.model_.cpu().eval()
     layout = input_layout(example)
     graph = InferenceGraph(model, layout, list(example.present)).eval()
@@ -175,6 +182,7 @@ def export_run(run: str | Path, out: str | Path | None = None, *, data: str | Pa
 
     run = Path(run)
     clf = load_run(run)
+    _require_deep(clf)  # before any data is read
     if data is not None:
         frame = read_frame(data)
     else:

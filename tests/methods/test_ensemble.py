@@ -79,3 +79,31 @@ def test_greedy_selection_starts_from_the_best_member_and_mixes_when_it_helps():
     assert weights.sum() == pytest.approx(1.0) and (weights > 0).sum() >= 2  # independent errors average out
     best = max(_auroc(p, target) for p in preds)
     assert _auroc(sum(w * p for w, p in zip(weights, preds)), target) > best
+
+
+def test_method_ensemble_through_classifier(covid, tmp_path):
+    """method: ensemble fits its members as runs of their own, weighs them per pattern, and is
+    saved as JSON plus the members' model folders: loaded back, the same probabilities."""
+    from holomodal.estimator import Classifier
+    from test_classical_classifier import assert_no_pickle
+    from tiny import small_schema
+
+    schema = small_schema(covid.schema, drop=("image",))
+    train, val, test = covid.split("train").iloc[:200], covid.split("val").iloc[:80], covid.split("test").iloc[:80]
+    run = tmp_path / "ens"
+    model = {"members": [{"method": "gbdt"}, {"method": "linear", "model": {"C": 0.5}}]}
+    clf = Classifier(schema, method="ensemble", model=model, run_dir=run, loggers=["csv"]).fit(train, val)
+    for name in ("gbdt", "linear"):
+        assert (run / "members" / name / "model" / "predictor.json").is_file()
+        assert (run / "model" / "members" / name / "predictor.json").is_file()
+    scores = json.loads((run / "metrics.json").read_text())["ensemble"]
+    assert set(scores) == {"tabular+clinical_notes", "tabular", "clinical_notes"}
+    for pattern in scores.values():
+        assert pattern["ensemble"] >= max(pattern["gbdt"], pattern["linear"]) - 1e-12
+    again = Classifier.load(run / "model")
+    drop = [{"kind": "modality", "rate": 0.5, "drop": "clinical_notes"}]
+    np.testing.assert_array_equal(again.predict_proba(test, missing=drop), clf.predict_proba(test, missing=drop))
+    assert_no_pickle(run / "model")
+    # rows without notes lean on the trees: their weights are the table-only pattern's
+    table_only = clf.model_.ensemble_.weights_for(frozenset({"tabular"}))
+    assert table_only[0] >= clf.model_.ensemble_.weights_for(frozenset({"tabular", "clinical_notes"}))[0]

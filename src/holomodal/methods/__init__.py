@@ -19,5 +19,6 @@ def create_method(name: str, context: ModelContext, **kwargs: Any) -> Classifica
 from holomodal.methods import i2m2, late_fusion  # noqa: E402,F401  (registers)
 from holomodal.methods import tip  # noqa: E402,F401  (registers)
 from holomodal.methods import classical  # noqa: E402,F401  (registers gbdt, linear)
+from holomodal.methods import ensemble  # noqa: E402,F401  (registers)
 
 __all__ = ["ClassificationMethod", "ModelContext", "create_method", "list_methods", "register_method"]

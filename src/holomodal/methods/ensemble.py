@@ -18,9 +18,15 @@ ties broken towards the pattern that assumes the fewest modalities the row lacks
 from __future__ import annotations
 
 from itertools import combinations
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+
+from holomodal.errors import ConfigError, DataError
+from holomodal.methods import register_method
+from holomodal.methods.base import ModelContext
+from holomodal.schema import TABULAR
 
 Pattern = frozenset[str]
 Score = Callable[[np.ndarray, np.ndarray], float]
@@ -115,3 +121,130 @@ class PatternEnsemble:
         ens.weights_ = {frozenset(k.split("+")): np.asarray(w, dtype=np.float64) for k, w in data["weights"].items()}
         ens.scores_ = {frozenset(k.split("+")): s for k, s in data.get("validation_scores", {}).items()}
         return ens
+
+
+# ---- the method ----------------------------------------------------------------------------
+ENSEMBLE_FILE = "ensemble.json"
+MEMBERS_DIR = "members"
+# beyond this many modalities only the complete pattern and those missing one modality are
+# fitted (2**k - 1 validation passes per member would be too many); other rows take the nearest
+MAX_ALL_PATTERNS = 4
+
+
+def default_members(context: ModelContext) -> list[dict[str, Any]]:
+    """The deep default (late fusion), trees when there is a table, the linear model when there
+    is a table or text."""
+    kinds = set(context.modality_types.values())
+    members: list[dict[str, Any]] = [{"method": "late_fusion", "model": {}}]
+    if TABULAR in context.input_specs:
+        members.append({"method": "gbdt", "model": {}})
+    if TABULAR in context.input_specs or "text" in kinds:
+        members.append({"method": "linear", "model": {}})
+    return members
+
+
+def member_names(members: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Each member's folder name: its ``name``, else its method (numbered when repeated)."""
+    names: list[str] = []
+    for spec in members:
+        base = str(spec.get("name") or spec["method"])
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}_{k}", k + 1
+        names.append(name)
+    return names
+
+
+def fitted_patterns(modalities: Sequence[str]) -> list[Pattern]:
+    if len(modalities) <= MAX_ALL_PATTERNS:
+        return all_patterns(modalities)
+    full = frozenset(modalities)
+    return [full, *(full - {m} for m in modalities)]
+
+
+@register_method("ensemble")
+class EnsembleMethod:
+    """Greedy per-pattern ensemble of trained members (``holomodal.estimator.Classifier``s
+    that encode the data as the ensemble does). :class:`~holomodal.estimator.Classifier`
+    fits the members (``members``: a list of ``{method, model}`` mappings, optionally
+    ``name``), then :meth:`fit_weights` chooses the weights on validation."""
+
+    fits_directly = True
+
+    def __init__(self, context: ModelContext, members: Sequence[Mapping[str, Any]] | None = None, rounds: int = 25,
+                 seed: int = 0) -> None:
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+            raise ConfigError(f"method 'ensemble': rounds must be a whole number >= 1, got {rounds!r}")
+        self.context = context
+        self.specs = [dict(m) for m in (members if members is not None else default_members(context))]
+        if not self.specs:
+            raise ConfigError("method 'ensemble' needs at least one member (model.members)")
+        for i, spec in enumerate(self.specs):
+            if spec.get("method") == "ensemble":
+                raise ConfigError(f"model.members[{i}]: an ensemble cannot be a member of an ensemble")
+        self.rounds = rounds
+        self.names = member_names(self.specs)
+        self.members_: dict[str, Any] = {}
+        self.ensemble_: PatternEnsemble | None = None
+
+    @classmethod
+    def resolve_options(cls, context: ModelContext, options: dict[str, Any]) -> dict[str, Any]:
+        members = options.get("members")
+        return {**options, "members": [dict(m) for m in (members if members is not None else default_members(context))]}
+
+    @property
+    def uses_text(self) -> bool:
+        return any(getattr(m.model_, "uses_text", False) for m in self.members_.values())
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.context.input_specs)
+
+    def set_members(self, members: Mapping[str, Any]) -> None:
+        self.members_ = dict(members)
+        self.names = list(self.members_)
+
+    # ---- fit and predict -----------------------------------------------------------------
+    def member_outputs(self, batch: Any, texts: dict[str, list[str]] | None) -> list[np.ndarray]:
+        return [m._probabilities(batch, texts) for m in self.members_.values()]
+
+    def fit_weights(self, batch: Any, texts: dict[str, list[str]] | None, score: Score) -> "EnsembleMethod":
+        """Weights for every pattern, from the validation ``batch`` predicted with only that
+        pattern's modalities present."""
+        import torch
+
+        target = batch.target.numpy()
+        predictions = {}
+        for pattern in fitted_patterns(self.modalities):
+            dropped = batch.with_masks(present={m: torch.full((len(batch),), m in pattern) for m in batch.present})
+            predictions[pattern] = self.member_outputs(dropped, texts)
+        self.ensemble_ = PatternEnsemble(self.names, self.modalities, self.rounds).fit(predictions, target, score)
+        return self
+
+    def probabilities(self, batch: Any, texts: dict[str, list[str]] | None = None) -> Any:
+        import torch
+
+        if self.ensemble_ is None:
+            raise DataError("the ensemble has no weights yet: fit it first")
+        present = {m: p.numpy() for m, p in batch.present.items()}
+        return torch.from_numpy(self.ensemble_.combine(self.member_outputs(batch, texts), present).astype(np.float32))
+
+    # ---- persistence: JSON + the members' own model folders ------------------------------
+    def save(self, folder: Path) -> None:
+        import json
+
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, member in self.members_.items():
+            member.save(folder / MEMBERS_DIR / name)
+        (folder / ENSEMBLE_FILE).write_text(json.dumps(self.ensemble_.to_dict(), indent=2))
+
+    def load(self, folder: Path) -> "EnsembleMethod":
+        from holomodal.estimator import Classifier
+        from holomodal.safe_load import read_json, require_keys
+
+        path = folder / ENSEMBLE_FILE
+        data = read_json(path, "ensemble weights")
+        require_keys(path, data, ("members", "modalities", "weights"))
+        self.ensemble_ = PatternEnsemble.from_dict(data)
+        self.set_members({name: Classifier.load(folder / MEMBERS_DIR / name) for name in self.ensemble_.members})
+        return self

@@ -198,15 +198,17 @@ class Preprocessor:
             proc.fit(df)
         return self
 
-    def transform(self, df: pd.DataFrame, *, with_target: bool = True) -> tuple[Batch, dict[str, Any]]:
-        """The whole table as one :class:`Batch`, plus a summary of what was missing."""
+    def transform(self, df: pd.DataFrame, *, with_target: bool = True,
+                  split: str | None = None) -> tuple[Batch, dict[str, Any]]:
+        """The whole table as one :class:`Batch`, plus a summary of what was missing;
+        ``split`` names the table in warnings."""
         self.schema.validate(df, require_label=with_target, allow_extra=True)
         summary: dict[str, Any] = {"rows": len(df)}
         inputs, present = {}, {}
         cell_missing = None
         for key, proc in self.processors.items():
             if key == TABULAR:
-                inputs[key], cell_missing = proc.transform(df, summary)
+                inputs[key], cell_missing = proc.transform(df, summary, split=split)
                 present[key] = ~cell_missing.all(dim=1) if cell_missing.shape[1] else torch.ones(len(df), dtype=torch.bool)
             else:
                 inputs[key], present[key] = proc.transform(df, summary)

@@ -73,7 +73,8 @@ class TabularProcessor:
             self.mean_[col.name], self.std_[col.name] = fitted_moments(continuous_numbers(df[col.name]))
         return self
 
-    def transform(self, df: pd.DataFrame, summary: dict[str, Any]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def transform(self, df: pd.DataFrame, summary: dict[str, Any],
+                  split: str | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         n = len(df)
         cat = np.zeros((n, len(self.categorical)), dtype=np.int64)
         cat_missing = np.zeros((n, len(self.categorical)), dtype=bool)
@@ -84,10 +85,14 @@ class TabularProcessor:
             codes = values.map(lookup)
             unseen = codes.isna().to_numpy() & ~missing
             if unseen.any():
-                examples = sorted(set(values[unseen].tolist()))[:5]
+                counts = values[unseen].value_counts()
+                shown = ", ".join(f"{v!r} x{c}" for v, c in counts.iloc[:5].items())
+                more = f" and {len(counts) - 5} more" if len(counts) > 5 else ""
+                where = f" ({split} split)" if split else ""
+                # one message per column and split (Python shows a repeated warning once)
                 warnings.warn(
-                    f"column '{col.name}': {int(unseen.sum())} value(s) never seen in training "
-                    f"{examples} map to the 'unknown' category",
+                    f"column '{col.name}'{where}: {int(unseen.sum())} cell(s) hold {len(counts)} value(s) never seen "
+                    f"in training ({shown}{more}); they map to the 'unknown' category",
                     UnseenCategoryWarning,
                     stacklevel=3,
                 )

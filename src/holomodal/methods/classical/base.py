@@ -12,7 +12,7 @@ import torch
 from holomodal.batch import Batch
 from holomodal.errors import DataError
 from holomodal.methods.base import REGRESSION, ModelContext
-from holomodal.schema import TABULAR
+from holomodal.schema import TABULAR, Modality, Schema
 
 
 def is_classical(method: Any) -> bool:
@@ -28,6 +28,12 @@ def tabular_features(batch: Batch, n_categorical: int) -> tuple[np.ndarray, np.n
     codes[missing[:, :n_categorical]] = np.nan
     numbers[missing[:, n_categorical:]] = np.nan
     return codes, numbers, missing
+
+
+def raw_texts(schema: Schema, frame: Any) -> dict[str, list[str]]:
+    """The raw text of every text column of ``schema`` that ``frame`` holds ('' where blank)."""
+    return {c.name: [v if isinstance(v, str) else "" for v in frame[c.name].tolist()]
+            for c in schema.of(Modality.TEXT) if c.name in frame.columns}
 
 
 def texts_of(batch: Batch, texts: dict[str, list[str]] | None, column: str) -> list[str]:
@@ -47,6 +53,8 @@ class ClassicalMethod:
     """
 
     is_classical = True
+    # fitted by Classifier in one call on the whole split, without a Lightning trainer
+    fits_directly = True
     uses_text = False
 
     def __init__(self, context: ModelContext, seed: int = 0) -> None:

@@ -41,20 +41,37 @@ class GradientBoosting(ClassicalMethod):
         self.n_categorical = len(spec["cardinalities"])
         self.native = [j for j, k in enumerate(spec["cardinalities"]) if k <= MAX_NATIVE_CATEGORIES]
         self.model_: Any = None
+        self.kept: list[int] | None = None  # the columns with a value in some training row
+        self._estimator()  # an unknown or invalid option fails here, before any run folder is made
+
+    def _estimator(self) -> Any:
+        from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+
+        kind = HistGradientBoostingRegressor if self.is_regression else HistGradientBoostingClassifier
+        try:
+            native = self.native if self.kept is None else [i for i, j in enumerate(self.kept) if j in self.native]
+            estimator = kind(categorical_features=native or None, **self.options)
+            check = getattr(estimator, "_validate_params", None)  # scikit-learn >= 1.2
+            if check is not None:
+                check()
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"method 'gbdt' ({kind.__name__}): {exc}") from None
+        return estimator
 
     def _matrix(self, batch: Batch) -> np.ndarray:
         codes, numbers, _ = tabular_features(batch, self.n_categorical)
-        return np.concatenate([codes, numbers], axis=1)
+        x = np.concatenate([codes, numbers], axis=1)
+        return x if self.kept is None else x[:, self.kept]
 
     def fit_arrays(self, batch: Batch, texts: Any, target: np.ndarray) -> None:
-        from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
-
-        estimator = HistGradientBoostingRegressor if self.is_regression else HistGradientBoostingClassifier
-        try:
-            self.model_ = estimator(categorical_features=self.native or None, **self.options)
-        except TypeError as exc:
-            raise ConfigError(f"gbdt: {exc}") from None
-        self.model_.fit(self._matrix(batch), target)
+        self.kept = None
+        x = self._matrix(batch)
+        # a column missing in every training row carries nothing, and scikit-learn cannot bin it
+        self.kept = np.flatnonzero(~np.isnan(x).all(axis=0)).tolist()
+        if not self.kept:
+            raise DataError("method 'gbdt': every tabular cell of the training table is missing")
+        self.model_ = self._estimator()
+        self.model_.fit(x[:, self.kept], target)
 
     def predict_arrays(self, batch: Batch, texts: Any) -> np.ndarray:
         x = self._matrix(batch)
@@ -65,7 +82,7 @@ class GradientBoosting(ClassicalMethod):
         return proba
 
     def config(self) -> dict[str, Any]:
-        return {"options": self.options, "native": self.native}
+        return {"options": self.options, "native": self.native, "kept": self.kept}
 
     def save(self, folder: Path) -> None:
         import skops.io as sio
@@ -84,4 +101,4 @@ class GradientBoosting(ClassicalMethod):
         if not untrusted <= set(TRUSTED_TYPES):
             raise DataError(f"refusing to load {path}: it holds types a gbdt model never holds {sorted(untrusted - set(TRUSTED_TYPES))}")
         self.model_ = sio.load(path, trusted=TRUSTED_TYPES)
-        self.options, self.native = config["options"], config["native"]
+        self.options, self.native, self.kept = config["options"], config["native"], config.get("kept")
