@@ -2,8 +2,6 @@
 ensemble with the model fitted on the same split, compared, recorded, warned about."""
 
 import json
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,7 +10,7 @@ import yaml
 
 from holomodal.cli import main
 from holomodal.estimator import Classifier
-from tiny import TINY_ENCODERS
+from tiny import TINY_ENCODERS, covid_csv_files
 
 # one optimiser step: a model no better than chance, so the baselines beat it
 ONE_STEP = {"model": {"encoders": TINY_ENCODERS}, "batch_size": 16, "run": {"loggers": ["csv"]},
@@ -22,17 +20,7 @@ ONE_STEP = {"model": {"encoders": TINY_ENCODERS}, "batch_size": 16, "run": {"log
 @pytest.fixture(scope="module")
 def csv_files(covid, tmp_path_factory):
     folder = tmp_path_factory.mktemp("own")
-    (folder / "images").mkdir()
-    classes = covid.schema.label.options["classes"]
-    paths = {}
-    for split, rows in (("train", 120), ("test", 40)):
-        frame = covid.split(split).iloc[:rows].copy()
-        frame["outcome"] = frame.pop("label").map(lambda code: classes[code])
-        for source in frame["image"].dropna():
-            shutil.copy(source, folder / "images" / Path(source).name)
-        frame["image"] = frame["image"].map(lambda p: f"images/{Path(p).name}" if isinstance(p, str) else p)
-        paths[split] = folder / f"{split}.csv"
-        frame.to_csv(paths[split], index=False)
+    paths = covid_csv_files(covid, folder, {"train": 120, "test": 40})
     config = folder / "one_step.yaml"
     config.write_text(yaml.safe_dump(ONE_STEP))
     return paths, config

@@ -3,8 +3,6 @@ relative to the tables' folder, trained with `holomodal train --train ... --labe
 inferred, validation split off), checked with `holomodal data check --schema ... --table ...`."""
 
 import json
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,7 +13,7 @@ from holomodal.cli import main
 from holomodal.errors import ConfigError, DataError
 from holomodal.experiment import load_splits, split_off_validation
 from holomodal.schema import Modality
-from tiny import TINY_ENCODERS
+from tiny import TINY_ENCODERS, covid_csv_files
 
 TINY = {"model": {"encoders": TINY_ENCODERS}, "batch_size": 16, "run": {"loggers": ["csv"]},
         "trainer": {"max_epochs": 1, "enable_progress_bar": False}}
@@ -25,17 +23,7 @@ TINY = {"model": {"encoders": TINY_ENCODERS}, "batch_size": 16, "run": {"loggers
 def own_files(covid, tmp_path_factory):
     """train.csv / test.csv in a folder of their own, beside images/ holding their X-rays."""
     folder = tmp_path_factory.mktemp("own")
-    (folder / "images").mkdir()
-    classes = covid.schema.label.options["classes"]
-    paths = {}
-    for split, rows in (("train", 80), ("test", 40)):
-        frame = covid.split(split).iloc[:rows].copy()
-        frame["outcome"] = frame.pop("label").map(lambda code: classes[code])
-        for source in frame["image"].dropna():
-            shutil.copy(source, folder / "images" / Path(source).name)
-        frame["image"] = frame["image"].map(lambda p: f"images/{Path(p).name}" if isinstance(p, str) else p)
-        paths[split] = folder / f"{split}.csv"
-        frame.to_csv(paths[split], index=False)
+    paths = covid_csv_files(covid, folder, {"train": 80, "test": 40})
     config = folder / "tiny.yaml"
     config.write_text(yaml.safe_dump(TINY))
     return folder, paths, config

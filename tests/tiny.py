@@ -19,3 +19,24 @@ def small_schema(schema: Schema, drop=()) -> Schema:
         shrink = {"image": {"size": 32}, "text": {"max_length": 32}}.get(c["modality"], {})
         columns.append({**c, "options": {**c["options"], **shrink}})
     return Schema.from_dict({**schema.to_dict(), "columns": columns})
+
+
+def covid_csv_files(covid, folder, rows, label="outcome"):
+    """covid_cxr's first ``rows[split]`` rows of each split as ``folder/<split>.csv``, the X-rays
+    copied into ``folder/images`` (relative paths) and the label under the name ``label``
+    holding class names: a user's own files as they arrive."""
+    import shutil
+    from pathlib import Path
+
+    (folder / "images").mkdir(exist_ok=True)
+    classes = covid.schema.label.options["classes"]
+    paths = {}
+    for split, count in rows.items():
+        frame = covid.split(split).iloc[:count].copy()
+        frame[label] = frame.pop("label").map(lambda code: classes[code])
+        for source in frame["image"].dropna():
+            shutil.copy(source, folder / "images" / Path(source).name)
+        frame["image"] = frame["image"].map(lambda p: f"images/{Path(p).name}" if isinstance(p, str) else p)
+        paths[split] = folder / f"{split}.csv"
+        frame.to_csv(paths[split], index=False)
+    return paths

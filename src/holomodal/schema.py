@@ -220,33 +220,15 @@ class Schema:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def infer(
-        cls,
-        df: pd.DataFrame,
-        label: str,
-        *,
-        image: Iterable[str] = (),
-        audio: Iterable[str] = (),
-        text: Iterable[str] = (),
-        categorical: Iterable[str] = (),
-        continuous: Iterable[str] = (),
-        id: Iterable[str] = (),
-        group: Iterable[str] = (),
-        ignore: Iterable[str] = (),
-        task: str | None = None,
-        max_categories: int = 20,
-        root: str | Path | None = None,
-    ) -> "Schema":
-        """A schema for ``df``; see :func:`infer_schema`, which also says why each column
-        got its modality. Columns named in ``image``, ``audio``, ``text``, ``categorical``,
-        ``continuous``, ``id`` or ``group`` get that modality whatever their values; columns named in
+    def infer(cls, df: pd.DataFrame, label: str, **hints: Any) -> "Schema":
+        """A schema for ``df``; see :func:`infer_schema` (its keyword options: ``image``,
+        ``audio``, ``text``, ``categorical``, ``continuous``, ``id``, ``group``, ``ignore``,
+        ``task``, ``max_categories``, ``root``), which also says why each column got its
+        modality. Named columns get that modality whatever their values; columns named in
         ``ignore`` are left out of the schema (the model never reads them). Every other
         column is typed from its values, and identifiers, constant columns and copies of the
         label are left out with one :class:`InferenceWarning` each."""
-        return infer_schema(
-            df, label, image=image, audio=audio, text=text, categorical=categorical, continuous=continuous,
-            id=id, group=group, ignore=ignore, task=task, max_categories=max_categories, root=root,
-        ).schema
+        return infer_schema(df, label, **hints).schema
 
     # ---- validation --------------------------------------------------------------------
     def validate(self, df: pd.DataFrame, *, require_label: bool = True, allow_extra: bool = False) -> None:
