@@ -144,3 +144,16 @@ def test_an_error_is_one_line_on_stderr_and_in_the_log(own_tables, tmp_path, cap
     out, err = capsys.readouterr()
     assert err.startswith("error: the checkpoint") and len(err.strip().splitlines()) == 1
     assert err.strip() in (run / LOG_FILE).read_text()
+
+
+def test_a_python_api_fit_prints_none_of_lightnings_notices(covid, tmp_path, capfd, caplog):
+    from holomodal.estimator import Classifier
+    from tiny import small_schema
+
+    schema = small_schema(covid.schema, drop=("image", "text"))
+    clf = Classifier(schema, model={"encoders": {"tabular": TINY_ENCODERS["tabular"]}}, batch_size=32, loggers=["csv"],
+                     trainer={"max_epochs": 1, "enable_progress_bar": False}, run_dir=tmp_path / "py")
+    clf.fit(covid.split("train").iloc[:64], covid.split("val").iloc[:32])
+    out, err = capfd.readouterr()
+    said = "\n".join(record.getMessage() for record in caplog.records)
+    assert noise_in(out + err) == [] and noise_in(said) == []

@@ -12,13 +12,14 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import contextlib
 import logging
 import math
 import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import lightning as L
 import numpy as np
@@ -368,10 +369,29 @@ def build_trainer(
     if os.environ.get("HOLOMODAL_TEST_STEP_DELAY"):
         stack.append(StepDelayHook(float(os.environ["HOLOMODAL_TEST_STEP_DELAY"])))
     stack.extend(callbacks)
-    return L.Trainer(
-        default_root_dir=run_dir, logger=make_loggers(loggers, run_dir, experiment) or False, callbacks=stack,
-        plugins=[AtomicCheckpointIO()], enable_model_summary=False, **cfg,
-    )
+    with lightning_notices_off():  # the device lines
+        return L.Trainer(
+            default_root_dir=run_dir, logger=make_loggers(loggers, run_dir, experiment) or False, callbacks=stack,
+            plugins=[AtomicCheckpointIO()], enable_model_summary=False, **cfg,
+        )
+
+
+LIGHTNING_NOTICE_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+
+
+@contextlib.contextmanager
+def lightning_notices_off() -> Iterator[None]:
+    """Lightning's own notices (devices, "Trainer.fit stopped", restoring a checkpoint) repeat
+    what :class:`RunConsole` says: they are off for the duration, unless someone set those
+    loggers' levels (``holomodal -v`` does)."""
+    unset = [lg for lg in map(logging.getLogger, LIGHTNING_NOTICE_LOGGERS) if lg.level == logging.NOTSET]
+    for lg in unset:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg in unset:
+            lg.setLevel(logging.NOTSET)
 
 
 def run_fit(trainer: L.Trainer, module: L.LightningModule, train_loader: Any, val_loader: Any,
@@ -379,7 +399,8 @@ def run_fit(trainer: L.Trainer, module: L.LightningModule, train_loader: Any, va
     """``trainer.fit``, with a full disk and a checkpoint that does not fit the model turned
     into errors that say what happened and what is intact."""
     try:
-        trainer.fit(module, train_loader, val_loader, ckpt_path=None if ckpt_path is None else str(ckpt_path))
+        with lightning_notices_off():
+            trainer.fit(module, train_loader, val_loader, ckpt_path=None if ckpt_path is None else str(ckpt_path))
     except Exception as exc:
         if isinstance(exc, HolomodalError):
             raise
