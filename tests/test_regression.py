@@ -165,3 +165,14 @@ def test_feature_importance_masking_ranks_a_regression_target(fitted, stay):
     assert sorted(ranking.tolist()) == list(range(x.shape[1]))
     result = robustness_sweep(fitted, test, ["mifm"], [0, 0.5], n_boot=5, train=train)
     assert np.isfinite(result[result["metric"] == "rmse"]["value"]).all()
+
+
+def test_the_training_log_reports_errors_in_the_labels_units(fitted, stay):
+    import pandas as pd
+
+    _, _, val, _ = stay
+    log = pd.read_csv(fitted.run_dir_ / "metrics.csv")
+    logged = log["val/rmse"].dropna().iloc[-1]
+    # one epoch: the logged validation RMSE is the saved model's, in days, not in standard deviations
+    assert logged == pytest.approx(fitted.evaluate(val, split="val")["rmse"], rel=1e-4)
+    assert logged > 2.0  # a length of stay's spread is several days; standardised errors are near 1

@@ -192,8 +192,9 @@ class Classifier:
         pre = self.preprocessor_
         types = {m: self.schema.modality_type(m).value if m != "tabular" else "tabular" for m in pre.processors}
         rows = getattr(self, "train_rows_", None)
+        scale = tuple(pre.label_scale) if self.schema.task == Task.REGRESSION else None
         return ModelContext(pre.input_specs, types, pre.num_classes, self.schema.task.value, list(pre.classes_),
-                            train_rows=rows)
+                            train_rows=rows, label_scale=scale)
 
     def _build_model(self) -> Any:
         if self.fits_directly:  # no optimiser; the seed seeds the estimator

@@ -63,6 +63,9 @@ class ModelContext:
     class_names: list[str] = field(default_factory=list)
     # rows of the training split, when known: small data sets get smaller default encoders
     train_rows: int | None = None
+    # (mean, std) of a regression label on the training split: the model works on the
+    # standardised label, its logged errors are in the label's own units
+    label_scale: tuple[float, float] | None = None
 
     @property
     def modalities(self) -> list[str]:
@@ -72,7 +75,7 @@ class ModelContext:
         return {
             "input_specs": self.input_specs, "modality_types": self.modality_types,
             "num_classes": self.num_classes, "task": self.task, "class_names": self.class_names,
-            "train_rows": self.train_rows,
+            "train_rows": self.train_rows, "label_scale": None if self.label_scale is None else list(self.label_scale),
         }
 
 
@@ -342,9 +345,12 @@ class ClassificationMethod(FiniteLossGuard, L.LightningModule):
     def _update_metrics(self, metrics: torchmetrics.MetricCollection, batch: Batch, prefix: str) -> None:
         logits = self(batch)
         self.log(f"{prefix}/loss", self.loss_from_logits(logits, batch.target), on_epoch=True, batch_size=len(batch))
-        probs = self.probabilities(logits)
+        probs, target = self.probabilities(logits), batch.target
+        if self.is_regression and self.context.label_scale is not None:
+            mean, std = self.context.label_scale
+            probs, target = probs * std + mean, target.float() * std + mean
         for name, metric in metrics.items():
-            metric.update(*metric_args(self.task, name, probs, batch.target))
+            metric.update(*metric_args(self.task, name, probs, target))
         self.log_dict(metrics, on_epoch=True, prog_bar=prefix == "val", batch_size=len(batch))
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
