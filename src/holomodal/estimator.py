@@ -48,7 +48,7 @@ from holomodal.safe_load import (
 from holomodal.schema import Modality, Schema, Task, row_list
 from holomodal.training import (  # noqa: F401  (AtomicCheckpointIO, EpochSeed, KNOWN_LOGGERS: public here too)
     DEFAULT_TRAINER, KNOWN_LOGGERS, AtomicCheckpointIO, EpochSeed, auto_precision, build_trainer, check_loggers,
-    merge_log, read_log, run_fit, update_records, write_records,
+    merge_log, read_log, run_fit, saved_preprocessor, update_records, write_records,
 )
 
 FORMAT_VERSION = 1
@@ -243,17 +243,9 @@ class Classifier:
             check_run_dir(run_dir, resume=resume)
         start_from = self._resume_checkpoint(run_dir) if resume else None
         L.seed_everything(self.seed, workers=True, verbose=False)
-        # a resumed run reuses the preprocessing its checkpoint was trained with, rather than
-        # trusting a refit (on other library versions, say) to give the same encoding
-        saved = run_dir / "preprocessor.json" if resume else None
-        if saved is not None and saved.exists():
-            state = read_json(saved, "preprocessing record")
-            try:
-                self.preprocessor_ = TextKeepingPreprocessor.from_state(state)
-            except HolomodalError:
-                raise
-            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-                raise _rebuild_error(saved, exc) from None
+        saved = run_dir / "preprocessor.json"
+        if resume and saved.exists():
+            self.preprocessor_ = saved_preprocessor(saved, TextKeepingPreprocessor)
         else:
             self.preprocessor_ = TextKeepingPreprocessor(self.schema).fit(train)
         # a method starting from pre-trained weights must see the data encoded as in pre-training

@@ -36,10 +36,11 @@ from holomodal.errors import ConfigError, DataError, HolomodalError
 from holomodal.loading import make_loader
 from holomodal.preprocessing import Preprocessor
 from holomodal.runs import check_run_dir, claim_run_dir, default_run_dir, resume_checkpoint, write_json
-from holomodal.safe_load import check_checkpoint, read_json
+from holomodal.safe_load import check_checkpoint
 from holomodal.schema import Column, Modality, Schema
 from holomodal.training import (
-    DEFAULT_TRAINER, build_trainer, check_loggers, merge_log, read_log, run_fit, update_records, write_records,
+    DEFAULT_TRAINER, build_trainer, check_loggers, merge_log, read_log, run_fit, saved_preprocessor, update_records,
+    write_records,
 )
 
 log = logging.getLogger("holomodal")
@@ -189,15 +190,7 @@ class Pretrainer:
         L.seed_everything(self.seed, workers=True, verbose=False)
         saved = run_dir / "preprocessor.json"
         if resume and saved.exists():
-            state = read_json(saved, "preprocessing record")
-            try:
-                self.preprocessor_ = Preprocessor.from_state(state)
-            except HolomodalError:
-                raise
-            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-                from holomodal.safe_load import DamagedFileError
-
-                raise DamagedFileError(saved, f"cannot rebuild the preprocessing ({type(exc).__name__}: {exc})") from None
+            self.preprocessor_ = saved_preprocessor(saved, Preprocessor)
         else:
             self.preprocessor_ = fit_without_labels(schema, frame)
         train_batch = self._encode(frame, schema)

@@ -418,6 +418,21 @@ def run_fit(trainer: L.Trainer, module: L.LightningModule, train_loader: Any, va
 
 
 # ---- run-folder records --------------------------------------------------------------------------
+def saved_preprocessor(path: Path, kind: Any) -> Any:
+    """The preprocessing a run recorded in ``path``, rebuilt as ``kind`` (a Preprocessor class):
+    a resumed run reuses it rather than trusting a refit (on other library versions, say) to
+    give the same encoding."""
+    from holomodal.safe_load import DamagedFileError, read_json
+
+    state = read_json(path, "preprocessing record")
+    try:
+        return kind.from_state(state)
+    except HolomodalError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise DamagedFileError(path, f"cannot rebuild the preprocessing ({type(exc).__name__}: {exc})") from None
+
+
 def read_log(path: Path) -> pd.DataFrame | None:
     """A run's ``metrics.csv``; a last line cut short by a kill is dropped, an unreadable
     log is left out of the resumed run's history with a warning."""
