@@ -224,12 +224,12 @@ class StepTimer(L.Callback):
 # ---- the four measurements ----------------------------------------------------------------------
 def measure_ours(workload: str, train: Any, pre: Any, schema: Any, args: argparse.Namespace, device: torch.device) -> dict:
     from holomodal.compilation import compile_callbacks
-    from holomodal.estimator import _auto_precision
+    from holomodal.training import auto_precision
     from holomodal.loading import make_loader
 
     module = build_module(workload, pre, schema, args, ours=True)
     timer = StepTimer(args.warmup, device)
-    precision = _auto_precision() if args.precision == "auto" else args.precision
+    precision = auto_precision() if args.precision == "auto" else args.precision
     trainer = L.Trainer(
         accelerator=device.type, devices=1, precision=precision, max_steps=args.warmup + args.steps, max_epochs=-1,
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -274,13 +274,13 @@ def measure_reference(workload: str, train: Any, pre: Any, schema: Any, args: ar
 def measure_image_model(args: argparse.Namespace, device: torch.device) -> dict:
     import timm
 
-    from holomodal.estimator import _auto_precision
+    from holomodal.training import auto_precision
 
     model = timm.create_model(args.image_model, num_classes=0).to(device).to(memory_format=torch.channels_last).train()
     fused = {"fused": True} if device.type == "cuda" else {}
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-4, **fused)
     x = torch.rand(args.batch_size, 3, args.image_size, args.image_size, device=device).contiguous(memory_format=torch.channels_last)
-    precision = _auto_precision() if args.precision == "auto" else args.precision
+    precision = auto_precision() if args.precision == "auto" else args.precision
     dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else None
     reset_memory(device)
     for i in range(args.warmup + args.steps):

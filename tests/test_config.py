@@ -174,7 +174,7 @@ def test_optimiser_table_matches_build_optimizer():
 def test_every_accepted_seed_can_seed_an_epoch():
     from types import SimpleNamespace
 
-    from holomodal.estimator import EpochSeed
+    from holomodal.training import EpochSeed
 
     for seed in (0, 4295, 2**32 - 1):  # 4295 * 1_000_003 is past numpy's seed range
         assert checked_config(load_config([], [f"seed={seed}"]))["seed"] == seed

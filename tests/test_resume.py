@@ -17,7 +17,8 @@ from omegaconf import OmegaConf
 from tiny import TINY_ENCODERS, small_schema
 from holomodal.cli import main
 from holomodal.errors import ConfigError
-from holomodal.estimator import AtomicCheckpointIO, Classifier
+from holomodal.estimator import Classifier
+from holomodal.training import AtomicCheckpointIO
 
 # The text column is left out to keep the killed and the uninterrupted run short.
 ENCODERS = {m: TINY_ENCODERS[m] for m in ("image", "tabular")}

@@ -46,9 +46,9 @@ from holomodal.safe_load import (
     DamagedFileError, check_checkpoint, load_checkpoint, load_safetensors, read_json, require_keys,
 )
 from holomodal.schema import Modality, Schema, Task, row_list
-from holomodal.training import (  # noqa: F401  (AtomicCheckpointIO, EpochSeed, KNOWN_LOGGERS: public here too)
-    DEFAULT_TRAINER, KNOWN_LOGGERS, AtomicCheckpointIO, EpochSeed, auto_precision, build_trainer, check_loggers,
-    merge_log, read_log, run_fit, saved_preprocessor, update_records, write_records,
+from holomodal.training import (
+    DEFAULT_TRAINER, build_trainer, check_loggers, merge_log, read_log, run_fit, saved_preprocessor, update_records,
+    write_records,
 )
 
 FORMAT_VERSION = 1
@@ -62,9 +62,6 @@ MODEL_DIR = "model"
 MEMBERS_DIR = "members"  # an ensemble's members' run folders, inside its own
 log = logging.getLogger("holomodal")
 
-# the names these had before holomodal.training existed (holomodal.config_check imports them)
-_check_loggers = check_loggers
-_auto_precision = auto_precision
 
 
 def _rebuild_error(path: Path, exc: BaseException) -> DamagedFileError:
@@ -351,12 +348,14 @@ class Classifier:
         metrics = self.evaluate(val, missing=self.missing or None, split="val") if val is not None else None
         results: dict[str, Any] = {"best_checkpoint": self.best_checkpoint_}
         if metrics is not None:
-            results["val"] = dict(metrics)
+            results["val"] = metrics
             if metrics.undefined:
                 results["undefined"] = {"val": metrics.undefined}
         if self.method == "ensemble":  # each pattern's validation scores, members and ensemble
             results["ensemble"] = self.model_.ensemble_.to_dict()["validation_scores"]
         write_json(self.run_dir_ / "metrics.json", results)
+        # holomodal train adds the test split to these rather than scoring validation again
+        self.run_results_ = results
         rows = [] if metrics is None else [{"split": "val", **metrics}]
         write_text(self.run_dir_ / "results.csv", pd.DataFrame(rows).to_csv(index=False))
         self.save(self.run_dir_ / MODEL_DIR)

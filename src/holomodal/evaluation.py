@@ -362,14 +362,15 @@ def evaluate_run(
 ) -> tuple[pd.DataFrame, dict[str, Path]]:
     """The sweep of a run folder on its own ``split`` (or on the labelled table ``data``),
     written into the folder. The training split is read only when a ranking must be fitted."""
-    from holomodal.experiment import _read_table, load_splits
+    from holomodal.experiment import load_splits
+    from holomodal.tables import read_table
 
     run = Path(run)
     clf = load_run(run)
     cfg = run_config(run)
     splits = None
     if data is not None:
-        frame = _read_table(str(data), encoding=encoding)
+        frame = read_table(str(data), encoding=encoding)
     else:
         if not cfg:
             raise DataError(f"'{run}' holds no config.yaml to find its data: pass --data FILE")

@@ -205,8 +205,6 @@ def check_own_table(schema: Schema, frame: pd.DataFrame, source: str) -> dict[st
 
 
 DEFAULT_VAL_FRACTION = 0.2
-# pretraining.py reads own tables through this name
-_read_table = read_table
 
 
 def classifier_from_config(cfg: dict[str, Any], schema: Schema, data_name: str) -> Classifier:
@@ -241,21 +239,19 @@ def run_training(cfg: DictConfig | dict, *, resume: bool = False) -> dict[str, A
 
 def record_test(clf: Classifier, splits: Splits) -> dict[str, Any]:
     """The fitted run's validation and test metrics, written to its metrics.json and results.csv."""
-    results: dict[str, Any] = {"best_checkpoint": clf.best_checkpoint_}
-    rows = []
-    for split, frame in (("val", splits.val), ("test", splits.test)):
-        if frame is not None:
-            metrics = clf.evaluate(frame, missing=clf.missing or None, split=split)
-            results[split] = metrics
-            if metrics.undefined:  # NaN in the table; the reason is kept beside it
-                results.setdefault("undefined", {})[split] = metrics.undefined
-            rows.append({"split": split, **metrics})
-    # fit() wrote the model, the curves and the validation results; the test split joins them
-    saved = {**results}
-    if clf.method == "ensemble":  # fit() recorded the ensemble's validation scores per pattern
-        earlier = json.loads((clf.run_dir_ / "metrics.json").read_text())
-        saved["ensemble"] = earlier.get("ensemble")
-    write_json(clf.run_dir_ / "metrics.json", saved)
+    # fit() wrote the model, the curves and the validation results (and an ensemble's scores
+    # per pattern); the test split joins them
+    if not hasattr(clf, "run_results_"):  # a DDP process other than rank 0: the run folder is not its
+        return {"best_checkpoint": clf.best_checkpoint_}
+    results: dict[str, Any] = {**clf.run_results_}
+    rows = [{"split": "val", **results["val"]}] if "val" in results else []
+    if splits.test is not None:
+        metrics = clf.evaluate(splits.test, missing=clf.missing or None, split="test")
+        results["test"] = metrics
+        if metrics.undefined:  # NaN in the table; the reason is kept beside it
+            results["undefined"] = {**results.get("undefined", {}), "test": metrics.undefined}
+        rows.append({"split": "test", **metrics})
+    write_json(clf.run_dir_ / "metrics.json", results)
     write_text(clf.run_dir_ / "results.csv", pd.DataFrame(rows).to_csv(index=False))
     return results
 

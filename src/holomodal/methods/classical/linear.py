@@ -53,16 +53,17 @@ class LinearBaseline(ClassicalMethod):
     def _table(self, batch: Batch) -> sp.csr_matrix:
         if TABULAR not in batch.inputs:
             return sp.csr_matrix((len(batch), 0))
-        n_cat = len(self.cardinalities)
-        codes, numbers, missing = tabular_features(batch, n_cat)
-        blocks = []
-        for j, k in enumerate(self.cardinalities):
-            onehot = np.zeros((len(batch), k))
-            seen = ~np.isnan(codes[:, j])
-            onehot[np.flatnonzero(seen), codes[seen, j].astype(int)] = 1.0
-            blocks.append(onehot)
-        blocks += [np.nan_to_num(numbers, nan=0.0), missing.astype(np.float64)]
-        return sp.csr_matrix(np.concatenate(blocks, axis=1))
+        from sklearn.preprocessing import OneHotEncoder
+
+        codes, numbers, missing = tabular_features(batch, len(self.cardinalities))
+        blocks = [sp.csr_matrix(np.nan_to_num(numbers, nan=0.0)), sp.csr_matrix(missing.astype(np.float64))]
+        if self.cardinalities:
+            # the categories are the preprocessor's codes, so nothing is learnt here; a missing
+            # cell (NaN) is an unknown category: an all-zero block
+            encoder = OneHotEncoder(categories=[np.arange(k, dtype=np.float64) for k in self.cardinalities],
+                                    handle_unknown="ignore", dtype=np.float64)
+            blocks.insert(0, encoder.fit(codes[:1]).transform(codes))
+        return sp.hstack(blocks, format="csr")
 
     def _features(self, batch: Batch, texts: dict[str, list[str]] | None, fit: bool = False) -> sp.csr_matrix:
         blocks = [self._table(batch)]
