@@ -110,7 +110,7 @@ def test_run_training_checks_a_python_config(tiny, tmp_path):
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
 def test_every_bundled_experiment_config_is_valid(path):
     cfg = checked_config(load_config([str(path)]), "pretrain" if "pretrain" in path.stem else "train")
-    assert cfg["method"] in ("late_fusion", "i2m2", "tip")
+    assert cfg["method"] in ("late_fusion", "i2m2", "tip", "stil")
     if path.stem.startswith("dvm"):
         # `dvm` only feeds ${dvm} interpolations: resolved into its uses, not kept as a key
         assert "dvm" not in cfg and cfg["data"]["train"] == "prepared/dvm/train.parquet"
@@ -125,8 +125,10 @@ def test_every_bundled_experiment_config_is_valid(path):
     ("trainer.logger=false", "'trainer.logger'", "set run.loggers"),
     ("optim.lr=-1", "'optim.lr'", "Invalid learning rate"),
     ("optim.name=adamx", "'optim.name'", "did you mean 'adam' or 'adamw'"),
-    ("optim.scheduler=warmup_cosine", "'optim.scheduler'", "did you mean 'cosine'"),
+    ("optim.scheduler=cosin", "'optim.scheduler'", "did you mean 'cosine'"),
     ("monitor=val/aucroc", "'monitor'", "did you mean 'val/auroc'"),
+    ("data.label_fraction=2", "'data.label_fraction'", "at most 1"),
+    ("data.unlabelled=[a]", "'data.unlabelled'", "path of a table"),
     ("missing=[rvm:2]", "'missing[0]'", "rate must lie in [0, 1]"),
     ("missing=rvm:0.3", "'missing'", "missing=[rvm:0.3]"),
     ("missing=[{kind: rvm, rat: 0.3}]", "'missing[0].rat'", "did you mean 'rate'"),

@@ -60,6 +60,25 @@ class Batch:
             selected.row = idx
         return selected
 
+    @staticmethod
+    def cat(parts: "list[Batch]") -> "Batch":
+        """The rows of ``parts`` one after the other. A target, row index or extra that some
+        part lacks is left out of the result."""
+        first = parts[0]
+
+        def joined(values: list[Tensor | None]) -> Tensor | None:
+            return None if any(v is None for v in values) else torch.cat(values)  # type: ignore[arg-type]
+
+        extras = {k: torch.cat([p.extras[k] for p in parts]) for k in first.extras if all(k in p.extras for p in parts)}
+        return Batch(
+            inputs={m: {k: torch.cat([p.inputs[m][k] for p in parts]) for k in t} for m, t in first.inputs.items()},
+            present={m: torch.cat([p.present[m] for p in parts]) for m in first.present},
+            cell_missing=joined([p.cell_missing for p in parts]),
+            target=joined([p.target for p in parts]),
+            row=joined([p.row for p in parts]),
+            extras=extras,
+        )
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
         return self.map(lambda t: t.to(device, non_blocking=non_blocking))
 

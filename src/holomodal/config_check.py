@@ -44,8 +44,8 @@ PYTHON_SOURCE = "the configuration given in Python"
 # the optimisers holomodal.methods.base.build_optimizer makes, by name
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD, "rmsprop": torch.optim.RMSprop}
 # optim keys the methods' configure_optimizers read themselves, and the schedulers they know
-OWN_OPTIM_KEYS = {"train": ("name", "scheduler"), "pretrain": ("name", "scheduler", "warmup_epochs")}
-SCHEDULERS = {"train": (None, "none", "cosine"), "pretrain": (None, "none", "warmup_cosine")}
+OWN_OPTIM_KEYS = {"train": ("name", "scheduler", "warmup_epochs"), "pretrain": ("name", "scheduler", "warmup_epochs")}
+SCHEDULERS = {"train": (None, "none", "cosine", "warmup_cosine"), "pretrain": (None, "none", "warmup_cosine")}
 RESERVED_OPTIM = {"params": "holomodal passes the model's parameters", "fused": "holomodal turns it on for CUDA itself"}
 FUSED = ("adam", "adamw")  # build_optimizer sets fused=True on CUDA for these
 RESERVED_TRAINER = {
@@ -230,6 +230,13 @@ class _Checker:
     def data(self) -> None:
         data = self.section("data", self.cfg.get("data"), required=True)
         self.keys("data", data, list(self.defaults["data"]), "the data section")
+        fraction = data.get("label_fraction")
+        if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, (int, float))
+                                     or not 0.0 < fraction <= 1.0):
+            self.fail("data.label_fraction", f"must be a number above 0 and at most 1 (the share of training labels "
+                                             f"kept), or null, got {fraction!r}")
+        if data.get("unlabelled") is not None and not isinstance(data["unlabelled"], str):
+            self.fail("data.unlabelled", f"must be the path of a table (CSV or parquet), got {data['unlabelled']!r}")
         if data.get("name") is None:
             return
         self.choice("data.name", data["name"], list_datasets(), "data set")

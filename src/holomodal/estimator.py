@@ -32,10 +32,11 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from holomodal.batch import Batch
 from holomodal.errors import DataError, HolomodalError, RunFolderError
-from holomodal.loading import make_loader
+from holomodal.loading import make_loader, semi_supervised_loader
 from holomodal.methods import METHODS, ModelContext, create_method
 from holomodal.methods.base import compute_metrics
 from holomodal.methods.classical.base import raw_texts
+from holomodal.methods.semi_supervised.base import HIDDEN_TARGET, is_semi_supervised
 from holomodal.missingness import MissingnessPlan
 from holomodal.preprocessing import Preprocessor
 from holomodal.runs import (
@@ -168,6 +169,11 @@ class Classifier:
         return bool(getattr(METHODS.get(self.method), "fits_directly", False))
 
     @property
+    def semi_supervised(self) -> bool:
+        """The method also learns from unlabelled rows (stil, fixmatch, ...)."""
+        return is_semi_supervised(METHODS.get(self.method))
+
+    @property
     def monitor_mode(self) -> str:
         return "min" if self.monitor_metric.rsplit("/", 1)[-1].endswith(LOWER_IS_BETTER) else "max"
 
@@ -191,7 +197,7 @@ class Classifier:
         rows = getattr(self, "train_rows_", None)
         scale = tuple(pre.label_scale) if self.schema.task == Task.REGRESSION else None
         return ModelContext(pre.input_specs, types, pre.num_classes, self.schema.task.value, list(pre.classes_),
-                            train_rows=rows, label_scale=scale)
+                            train_rows=rows, label_scale=scale, unlabelled_rows=getattr(self, "unlabelled_rows_", None))
 
     def _build_model(self) -> Any:
         if self.fits_directly:  # no optimiser; the seed seeds the estimator
@@ -202,6 +208,7 @@ class Classifier:
     def fit(
         self, train: pd.DataFrame, val: pd.DataFrame | None = None, *, resume: bool = False,
         record: dict[str, Any] | None = None, members: dict[str, "Classifier"] | None = None,
+        unlabeled: pd.DataFrame | None = None,
     ) -> "Classifier":
         """Fit on ``train`` (model selection on ``val``). ``record`` maps file names to
         data written into the run folder (YAML for ``.yaml``, else JSON).
@@ -213,7 +220,13 @@ class Classifier:
         Classical methods (``gbdt``, ``linear``) fit in one step, without a trainer. The
         ``ensemble`` fits its members (``model.members``) as runs of their own in
         ``RUN/members/<name>/``, or takes ``members``: classifiers already fitted on this
-        ``train``, by name; then it weighs them on ``val``, which it needs."""
+        ``train``, by name; then it weighs them on ``val``, which it needs.
+
+        Semi-supervised methods (``stil``, ``fixmatch``, ...) also learn from unlabelled
+        rows: the rows of ``train`` whose label is empty, and the table ``unlabeled``. A label
+        that ``unlabeled`` does hold is hidden from training and only measures how often the
+        pseudo-labels are right (``pseudo/accuracy`` in the training log), as in a
+        ``data.label_fraction`` run."""
         # everything that can fail on the user's data runs before the run folder is touched
         if self.fits_directly and resume:
             raise RunFolderError(f"method '{self.method}' fits in one step, with nothing to resume: train it again")
@@ -223,6 +236,7 @@ class Classifier:
         if members is not None and self.method != "ensemble":
             raise ValueError("members= is for method 'ensemble'")
         check_loggers(self.loggers)
+        train, unlabelled = self._split_unlabelled(train, unlabeled)
         self.schema.validate(train, allow_extra=True)
         if val is not None:
             self.schema.validate(val, allow_extra=True)
@@ -244,12 +258,13 @@ class Classifier:
         if resume and saved.exists():
             self.preprocessor_ = saved_preprocessor(saved, TextKeepingPreprocessor)
         else:
-            self.preprocessor_ = TextKeepingPreprocessor(self.schema).fit(train)
+            self.preprocessor_ = TextKeepingPreprocessor(self.schema).fit(train, unlabelled=unlabelled)
         # a method starting from pre-trained weights must see the data encoded as in pre-training
         adopt = getattr(METHODS.get(self.method), "adopt_pretraining", None)
         if adopt is not None:
             self.model = adopt(self.preprocessor_, self.model)
         self.train_rows_ = len(train)
+        self.unlabelled_rows_ = None if unlabelled is None else len(unlabelled)
         # the defaults the method fills in (its encoders, chosen by modality and data size) are
         # written out, so that the run's record and the saved model say what was built
         if members is not None:  # the record names the members as a fresh ensemble would fit them
@@ -261,6 +276,9 @@ class Classifier:
             self.plan_.fit(self.preprocessor_.tabular_matrix(train), labels)
         train_batch, train_summary = self._encode(train, "train", self.plan_)
         val_batch, val_summary = (None, None) if val is None else self._encode(val, "val", self.plan_)
+        unlabelled_batch = None
+        if unlabelled is not None:
+            unlabelled_batch, train_summary["unlabelled"] = self._encode_unlabelled(unlabelled)
         self.model_ = self._build_model()
 
         pending: dict[str, str] = {}
@@ -282,7 +300,11 @@ class Classifier:
         # Lightning's CSV logger deletes an existing metrics.csv: keep the resumed run's history
         earlier_log = read_log(self.run_dir_ / "metrics.csv") if resume and rank == 0 else None
         trainer = self._make_trainer(has_val=val_batch is not None)
-        train_loader = make_loader(train_batch, self.batch_size, shuffle=True, seed=self.seed, drop_last=True)
+        if unlabelled_batch is not None:
+            train_loader = semi_supervised_loader(train_batch, unlabelled_batch, self.batch_size,
+                                                  ratio=self.model_.unlabelled_ratio, seed=self.seed)
+        else:
+            train_loader = make_loader(train_batch, self.batch_size, shuffle=True, seed=self.seed, drop_last=True)
         val_loader = None if val_batch is None else make_loader(val_batch, self.batch_size * 2, shuffle=False)
         run_fit(trainer, self.model_, train_loader, val_loader, self.run_dir_, start_from)
         if rank == 0:
@@ -299,6 +321,58 @@ class Classifier:
         if rank == 0:
             self._finish_run(val)
         return self
+
+    def _split_unlabelled(self, train: pd.DataFrame, unlabeled: pd.DataFrame | None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+        """(labelled training rows, unlabelled rows or None): a semi-supervised method takes
+        the rows of ``train`` with an empty label and the ``unlabeled`` table; another method
+        refuses ``unlabeled``, and meets an empty label as the error it is."""
+        label = self.schema.label.name
+        if not self.semi_supervised:
+            if unlabeled is not None:
+                raise DataError(f"method '{self.method}' learns from labelled rows only: unlabelled rows are for the "
+                                "semi-supervised methods (stil, fixmatch, simmatch, comatch, freematch, mmatch, cotraining)")
+            return train, None
+        parts = []
+        if label in train.columns:
+            empty = train[label].isna().to_numpy()
+            if empty.any():
+                parts.append(train[empty].drop(columns=[label]))
+                train = train[~empty].reset_index(drop=True)
+        if unlabeled is not None:
+            if not isinstance(unlabeled, pd.DataFrame):
+                raise DataError(f"unlabeled must be a table (pandas DataFrame), got {type(unlabeled).__name__}")
+            self.schema.validate(unlabeled, require_label=False, allow_extra=True)
+            parts.append(unlabeled)
+        if not len(train):
+            raise DataError(f"label column '{label}': no training row has a label; a semi-supervised method needs a few")
+        if not parts or not sum(len(p) for p in parts):
+            if getattr(METHODS.get(self.method), "needs_unlabelled", True):
+                raise DataError(f"method '{self.method}' learns from unlabelled rows too, and there are none: leave the "
+                                f"label of unlabelled rows empty, pass fit(..., unlabeled=table), or set data.label_fraction")
+            return train, None
+        return train, pd.concat(parts, ignore_index=True)
+
+    def _encode_unlabelled(self, unlabelled: pd.DataFrame) -> tuple[Batch, dict[str, Any]]:
+        """The unlabelled rows encoded as training rows (the training split's synthetic
+        missingness applies to them), their hidden labels, where a table holds some, beside
+        them (-1 where unknown or a class the labelled rows lack)."""
+        batch, summary = self._encode(unlabelled, "train", self.plan_, with_target=False)
+        label = self.schema.label.name
+        hidden = torch.full((len(unlabelled),), -1, dtype=torch.long)
+        if label in unlabelled.columns:
+            values = unlabelled[label]
+            known = np.flatnonzero(values.notna().to_numpy())
+            try:  # class names, or codes where the schema lists the classes
+                hidden[known] = self.preprocessor_.encode_labels(values.iloc[known])
+            except DataError:  # some class the labelled rows lack: those rows stay unknown
+                for i in known:
+                    try:
+                        hidden[i] = int(self.preprocessor_.encode_labels(values.iloc[i : i + 1])[0])
+                    except DataError:
+                        pass
+            summary["hidden_labels"] = int((hidden >= 0).sum())
+        batch.extras[HIDDEN_TARGET] = hidden
+        return batch, summary
 
     def _fit_directly(self, train: pd.DataFrame, val: pd.DataFrame | None, train_batch: Batch,
                       val_batch: Batch | None, members: dict[str, "Classifier"] | None) -> None:
@@ -342,7 +416,7 @@ class Classifier:
     def _finish_run(self, val: pd.DataFrame | None) -> None:
         """What a finished run folder holds besides its record, for a run made in Python as for
         one made by ``holomodal train``: the validation metrics, the model, the curves."""
-        from holomodal.plots import plot_training_curves
+        from holomodal.plots import plot_pseudo_labels, plot_training_curves
         from holomodal.runs import write_json, write_text
 
         metrics = self.evaluate(val, missing=self.missing or None, split="val") if val is not None else None
@@ -360,6 +434,7 @@ class Classifier:
         write_text(self.run_dir_ / "results.csv", pd.DataFrame(rows).to_csv(index=False))
         self.save(self.run_dir_ / MODEL_DIR)
         plot_training_curves(self.run_dir_ / "metrics.csv", self.run_dir_ / "training_curves.png")
+        plot_pseudo_labels(self.run_dir_ / "metrics.csv", self.run_dir_ / "pseudo_labels.png")
 
     def config_record(self) -> dict[str, Any]:
         """The run's settings as a configuration file holds them (``config.yaml`` of a run
@@ -561,6 +636,7 @@ class Classifier:
             clf = cls(pre.schema, **params)
             clf.preprocessor_ = pre
             clf.train_rows_ = (meta.get("context") or {}).get("train_rows")
+            clf.unlabelled_rows_ = (meta.get("context") or {}).get("unlabelled_rows")
             clf.plan_ = MissingnessPlan.from_dict(meta["missingness"])
             clf.model_ = clf._build_model()
         except HolomodalError:

@@ -31,6 +31,9 @@ class Splits:
     train: pd.DataFrame
     val: pd.DataFrame | None
     test: pd.DataFrame | None
+    # rows without labels: a bundled set's unlabelled split, data.unlabelled, or the training
+    # rows data.label_fraction hides (their labels kept beside them, never trained on)
+    unlabelled: pd.DataFrame | None = None
 
 
 def read_schema(path: str | Path) -> Schema:
@@ -129,25 +132,66 @@ def split_off_validation(train: pd.DataFrame, schema: Schema, fraction: float, s
     return (train.iloc[parts["train"]].reset_index(drop=True), train.iloc[parts["val"]].reset_index(drop=True))
 
 
+def keep_label_fraction(train: pd.DataFrame, schema: Schema, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the labelled rows kept, the rest): a seeded share ``fraction`` of each class's rows,
+    at least one row per class, so that a 1 % split still holds every class (STiL's
+    protocol). For other tasks a plain seeded share."""
+    rng = np.random.default_rng(seed)
+    if schema.task in (Task.BINARY, Task.MULTICLASS):
+        labels = train[schema.label.name].map(str).to_numpy()
+        kept = [rng.permutation(np.flatnonzero(labels == c))[: max(1, int(round(fraction * int((labels == c).sum()))))]
+                for c in np.unique(labels)]
+        keep = np.sort(np.concatenate(kept))
+    else:
+        keep = np.sort(rng.permutation(len(train))[: max(1, int(round(fraction * len(train))))])
+    mask = np.zeros(len(train), dtype=bool)
+    mask[keep] = True
+    return train[mask].reset_index(drop=True), train[~mask].reset_index(drop=True)
+
+
+def with_label_fraction(splits: Splits, data_cfg: dict[str, Any]) -> Splits:
+    """``data.label_fraction`` applied: the hidden rows join the unlabelled ones."""
+    fraction = data_cfg.get("label_fraction")
+    if fraction is None or fraction >= 1.0:
+        return splits
+    seed = int(data_cfg.get("split_seed") or 0)
+    labelled, hidden = keep_label_fraction(splits.train, splits.schema, float(fraction), seed)
+    parts = [hidden] + ([splits.unlabelled] if splits.unlabelled is not None else [])
+    return Splits(splits.name, splits.schema, labelled, splits.val, splits.test, pd.concat(parts, ignore_index=True))
+
+
 def load_splits(data_cfg: dict[str, Any]) -> Splits:
+    return with_label_fraction(_load_splits(data_cfg), data_cfg)
+
+
+def _load_splits(data_cfg: dict[str, Any]) -> Splits:
     if data_cfg.get("name"):
         from holomodal.data import load_dataset
 
         bundle = load_dataset(data_cfg["name"], root=data_cfg.get("root"), **(data_cfg.get("options") or {}))
-        return Splits(bundle.name, bundle.schema, bundle.split("train"), bundle.split("val"), bundle.split("test"))
+        unlabelled = bundle.split("unlabelled") if "unlabelled" in bundle.splits else None
+        return Splits(bundle.name, bundle.schema, bundle.split("train"), bundle.split("val"), bundle.split("test"), unlabelled)
     if not data_cfg.get("train"):
         raise ConfigError("set data.name to a bundled data set, or data.train to your own table "
                           "(with data.label, or data.schema)")
     encoding = data_cfg.get("encoding")
     train = read_table(data_cfg["train"], encoding=encoding)
     schema = own_schema(data_cfg, train)
-    tables = {k: read_table(data_cfg[k], encoding=encoding) if data_cfg.get(k) else None for k in ("val", "test")}
+    tables = {k: read_table(data_cfg[k], encoding=encoding) if data_cfg.get(k) else None for k in ("val", "test", "unlabelled")}
     val = tables["val"]
+    # rows with an empty label are unlabelled rows, never validation rows
+    unlabelled = [t for t in (tables["unlabelled"],) if t is not None]
+    label = schema.label.name
+    if label in train.columns and train[label].isna().any():
+        empty = train[label].isna().to_numpy()
+        unlabelled.insert(0, train[empty].reset_index(drop=True))
+        train = train[~empty].reset_index(drop=True)
     fraction = data_cfg.get("val_fraction", DEFAULT_VAL_FRACTION)
     if val is None and fraction is not None:
         train, val = split_off_validation(train, schema, fraction, int(data_cfg.get("split_seed") or 0),
                                           source=f"training table '{data_cfg['train']}'")
-    return Splits(Path(data_cfg["train"]).stem, schema, train, val, tables["test"])
+    return Splits(Path(data_cfg["train"]).stem, schema, train, val, tables["test"],
+                  pd.concat(unlabelled, ignore_index=True) if unlabelled else None)
 
 
 def check_own_table(schema: Schema, frame: pd.DataFrame, source: str) -> dict[str, Any]:
@@ -229,7 +273,13 @@ def run_training(cfg: DictConfig | dict, *, resume: bool = False) -> dict[str, A
             splits.schema.validate(frame, allow_extra=True)
         Preprocessor(splits.schema).check_labels(splits.train, test=splits.test)
     start = time.perf_counter()
-    clf.fit(splits.train, splits.val, resume=resume, record={"config.yaml": cfg})
+    unlabelled = splits.unlabelled if clf.semi_supervised else None
+    if splits.unlabelled is not None and unlabelled is None and len(splits.unlabelled):
+        from holomodal.console import say
+
+        say(f"{len(splits.unlabelled)} unlabelled training row(s) are left out: method '{clf.method}' learns from "
+            "labelled rows only (the semi-supervised methods stil, fixmatch, ... learn from them too)")
+    clf.fit(splits.train, splits.val, resume=resume, record={"config.yaml": cfg}, unlabeled=unlabelled)
     results = {"fit_seconds": time.perf_counter() - start, **record_test(clf, splits)}
     if cfg.get("baselines"):
         results["baselines"] = fit_baselines(cfg, splits, clf, results)

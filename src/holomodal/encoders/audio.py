@@ -44,5 +44,12 @@ class AudioCNN(Encoder):
         self.proj = nn.Linear(cin, output_dim) if output_dim else nn.Identity()
         self.output_dim = int(output_dim) if output_dim else cin
 
+    def forward_tokens(self, inputs: dict[str, Tensor], present: Tensor, cell_missing: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The last feature map's positions, projected, as tokens (B, T, output_dim) and their
+        mean (B, output_dim): the projection is linear, so the mean is :meth:`forward`'s output."""
+        fmap = self.features[:-2](mask_absent(inputs["spectrogram"].float(), present))
+        tokens = self.proj(fmap.flatten(2).transpose(1, 2))
+        return tokens, tokens.mean(dim=1)
+
     def forward(self, inputs: dict[str, Tensor], present: Tensor, cell_missing: Tensor | None = None) -> Tensor:
         return self.proj(self.features(mask_absent(inputs["spectrogram"].float(), present)))

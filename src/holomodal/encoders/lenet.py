@@ -53,9 +53,16 @@ class LeNet(Encoder):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_uniform_(m.weight, nonlinearity="relu")
 
-    def forward(self, inputs: dict[str, Tensor], present: Tensor, cell_missing: Tensor | None = None) -> Tensor:
+    def _input(self, inputs: dict[str, Tensor], present: Tensor) -> Tensor:
         if "spectrogram" in inputs:
-            x = mask_absent(inputs["spectrogram"], present).float()
-        else:
-            x = self.normalize(mask_absent(inputs["pixels"], present))
-        return self.features(x)
+            return mask_absent(inputs["spectrogram"], present).float()
+        return self.normalize(mask_absent(inputs["pixels"], present))
+
+    def forward_tokens(self, inputs: dict[str, Tensor], present: Tensor, cell_missing: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The last feature map's positions as tokens (B, H*W, C) and their mean (B, C)."""
+        fmap = self.features[:-2](self._input(inputs, present))
+        tokens = fmap.flatten(2).transpose(1, 2)
+        return tokens, tokens.mean(dim=1)
+
+    def forward(self, inputs: dict[str, Tensor], present: Tensor, cell_missing: Tensor | None = None) -> Tensor:
+        return self.features(self._input(inputs, present))

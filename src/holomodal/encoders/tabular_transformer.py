@@ -68,7 +68,8 @@ def key_mask_bias(masked: Tensor, dtype: torch.dtype) -> Tensor:
 
 @register_encoder("tabular_transformer")
 class TabularTransformer(Encoder):
-    """TIP's tabular encoder.
+    """TIP's tabular encoder. :meth:`forward_tokens` puts the CLS token first
+    (``cls_first``), before one token per column.
 
     Args:
         input_spec: ``{"cardinalities": [k_1..k_Nc], "n_continuous": Nn}``.
@@ -76,6 +77,8 @@ class TabularTransformer(Encoder):
         dropout: attention, projection and MLP dropout inside the blocks (TIP: 0).
         embedding_dropout: dropout after the embedding LayerNorm (TIP: 0).
     """
+
+    cls_first = True
 
     def __init__(
         self,

@@ -48,12 +48,23 @@ class GRUEncoder(Encoder):
         self.step_proj = nn.Linear(hidden, step_dim) if flatten_steps and step_dim else None
         per_step = step_dim if self.step_proj is not None else hidden
         self.output_dim = steps * per_step if flatten_steps else hidden
+        self.token_dim = hidden  # the width of forward_tokens' per-step tokens
 
-    def forward(self, inputs: dict[str, Tensor], present: Tensor, cell_missing: Tensor | None = None) -> Tensor:
+    def _run(self, inputs: dict[str, Tensor], present: Tensor) -> tuple[Tensor, Tensor]:
         x = torch.cat([inputs["values"], inputs["observed"], inputs["delta"]], dim=-1).float()
-        out, last = self.gru(mask_absent(x, present))
+        return self.gru(mask_absent(x, present))
+
+    def _pooled(self, out: Tensor, last: Tensor) -> Tensor:
         if not self.flatten_steps:
             return last[-1]
         if self.step_proj is not None:
             out = self.step_proj(out)
         return out.flatten(1)
+
+    def forward_tokens(self, inputs: dict[str, Tensor], present: Tensor, cell_missing: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Every step's state as tokens (B, T, hidden) and :meth:`forward`'s output."""
+        out, last = self._run(inputs, present)
+        return out, self._pooled(out, last)
+
+    def forward(self, inputs: dict[str, Tensor], present: Tensor, cell_missing: Tensor | None = None) -> Tensor:
+        return self._pooled(*self._run(inputs, present))

@@ -1,10 +1,14 @@
-"""Self-supervised objectives of image-table pre-training (TIP), one module each."""
+"""Losses, one module each: TIP's pre-training objectives (ITC, ITM, MTR) and STiL's CLUB
+bound and prototype alignment."""
 
+from holomodal.losses.club import CLUBMean, club_bound, club_estimator_loss
 from holomodal.losses.itc import ImageTabularContrastiveLoss, ProjectionHead
 from holomodal.losses.itm import ImageTabularMatching, sample_hard_negatives
 from holomodal.losses.mtr import MaskedTabularReconstructionLoss, sample_column_mask
+from holomodal.losses.prototype import PrototypeBank, prototype_alignment_loss
 
 __all__ = [
+    "CLUBMean", "PrototypeBank", "club_bound", "club_estimator_loss", "prototype_alignment_loss",
     "ImageTabularContrastiveLoss", "ImageTabularMatching", "MaskedTabularReconstructionLoss", "ProjectionHead",
     "sample_column_mask", "sample_hard_negatives",
 ]

@@ -8,6 +8,7 @@ subclass implements :meth:`forward` (``Batch -> logits``) and may override
 from __future__ import annotations
 
 import inspect
+import math
 
 import warnings
 from dataclasses import dataclass, field
@@ -52,6 +53,17 @@ def build_optimizer(params: Any, name: str = "adam", **options: Any) -> torch.op
     raise ConfigError(f"unknown optimiser '{name}' (adamw, adam, sgd, rmsprop)")
 
 
+def warmup_cosine(epoch: int, warmup: int, total: int) -> float:
+    """LR factor: linear warm-up over ``warmup`` epochs, then cosine to 0 at ``total``.
+
+    TIP's scheduler trains epoch 0 at LR 0; here epoch e of the warm-up uses (e+1)/warmup,
+    so no epoch is spent on a no-op."""
+    if epoch < warmup:
+        return (epoch + 1) / warmup
+    span = max(total - warmup, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(epoch - warmup, span) / span))
+
+
 @dataclass
 class ModelContext:
     """What a method needs to know about the data, derived from the fitted preprocessor."""
@@ -66,6 +78,8 @@ class ModelContext:
     # (mean, std) of a regression label on the training split: the model works on the
     # standardised label, its logged errors are in the label's own units
     label_scale: tuple[float, float] | None = None
+    # unlabelled rows a semi-supervised method trains on beside the ``train_rows`` labelled ones
+    unlabelled_rows: int | None = None
 
     @property
     def modalities(self) -> list[str]:
@@ -76,6 +90,7 @@ class ModelContext:
             "input_specs": self.input_specs, "modality_types": self.modality_types,
             "num_classes": self.num_classes, "task": self.task, "class_names": self.class_names,
             "train_rows": self.train_rows, "label_scale": None if self.label_scale is None else list(self.label_scale),
+            "unlabelled_rows": self.unlabelled_rows,
         }
 
 
@@ -368,8 +383,15 @@ class ClassificationMethod(FiniteLossGuard, L.LightningModule):
     def configure_optimizers(self) -> Any:
         cfg = dict(self.optim_cfg)
         scheduler = cfg.pop("scheduler", None)
+        warmup = int(cfg.pop("warmup_epochs", 10))
         opt = build_optimizer(self.parameter_groups(), **cfg)
-        if scheduler == "cosine" and self.trainer is not None and self.trainer.max_epochs:
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.trainer.max_epochs)
-            return {"optimizer": opt, "lr_scheduler": sched}
-        return opt
+        if self.trainer is None or not self.trainer.max_epochs or scheduler in (None, "none"):
+            return opt
+        total = int(self.trainer.max_epochs)
+        if scheduler == "cosine":
+            return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)}
+        if scheduler == "warmup_cosine":  # STiL's LinearWarmupCosineAnnealing, stepped per epoch
+            warmup = min(warmup, max(total - 1, 0))
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: warmup_cosine(e, warmup, total))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        raise ConfigError(f"optim.scheduler must be cosine, warmup_cosine or none, not '{scheduler}'")

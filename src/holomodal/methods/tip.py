@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -47,7 +46,7 @@ from holomodal.fusion.cross_attention import CrossAttentionFusion
 from holomodal.losses import ImageTabularContrastiveLoss, ImageTabularMatching, MaskedTabularReconstructionLoss
 from holomodal.losses.itm import sample_hard_negatives
 from holomodal.methods import register_method
-from holomodal.methods.base import ClassificationMethod, FiniteLossGuard, ModelContext, build_optimizer
+from holomodal.methods.base import ClassificationMethod, FiniteLossGuard, ModelContext, build_optimizer, warmup_cosine
 from holomodal.schema import Modality
 
 TABULAR = "tabular"
@@ -282,17 +281,6 @@ def read_pretrained(path: str | Path, *, weights: bool = False) -> dict[str, Any
 
 def backbone_state(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
-
-
-def warmup_cosine(epoch: int, warmup: int, total: int) -> float:
-    """LR factor: linear warm-up over ``warmup`` epochs, then cosine to 0 at ``total``.
-
-    TIP's scheduler trains epoch 0 at LR 0; here epoch e of the warm-up uses (e+1)/warmup,
-    so no epoch is spent on a no-op."""
-    if epoch < warmup:
-        return (epoch + 1) / warmup
-    span = max(total - warmup, 1)
-    return 0.5 * (1.0 + math.cos(math.pi * min(epoch - warmup, span) / span))
 
 
 # ---- pre-training --------------------------------------------------------------------------

@@ -191,11 +191,15 @@ class Preprocessor:
         return 1 if self.is_regression else len(self.classes_)
 
     # ---- fit / transform ---------------------------------------------------------------
-    def fit(self, df: pd.DataFrame) -> "Preprocessor":
+    def fit(self, df: pd.DataFrame, unlabelled: pd.DataFrame | None = None) -> "Preprocessor":
+        """Labels from ``df``; the inputs' statistics (category codes, z-scores, pixel means)
+        from ``df`` and the ``unlabelled`` rows of a semi-supervised run together."""
         self.schema.validate(df, allow_extra=True)
         self._fit_labels(df)
+        rows = df if unlabelled is None else pd.concat([df.drop(columns=[self.schema.label.name]), unlabelled.drop(
+            columns=[self.schema.label.name], errors="ignore")], ignore_index=True)
         for proc in self.processors.values():
-            proc.fit(df)
+            proc.fit(rows)
         return self
 
     def transform(self, df: pd.DataFrame, *, with_target: bool = True,
