@@ -84,3 +84,37 @@ def test_supervised_methods_refuse_unlabelled_rows(av_digits):
     rows = av_digits.split("train").head(20)
     with pytest.raises(DataError, match="labelled rows only"):
         Classifier(av_digits.schema).fit(rows, unlabeled=rows)
+
+
+def test_own_csv_rows_with_an_empty_label_are_the_unlabelled_ones(covid, tmp_path, capsys):
+    import json
+
+    import yaml
+
+    from holomodal.cli import main
+    from tiny import TINY_ENCODERS, covid_csv_files
+
+    paths = covid_csv_files(covid, tmp_path, {"train": 80, "test": 30})
+    train = pd.read_csv(paths["train"])
+    train.loc[train.index[::2], "outcome"] = None  # half the rows come without a label
+    train.to_csv(paths["train"], index=False)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({"model": {"encoders": TINY_ENCODERS, "dim": 16, "start_epoch": 0},
+                                      "batch_size": 16, "run": {"loggers": ["csv"]},
+                                      "trainer": {"max_epochs": 1, "enable_progress_bar": False}}))
+    run = tmp_path / "run"
+    code = main(["train", "-c", str(config), "--train", str(paths["train"]), "--test", str(paths["test"]),
+                 "--label", "outcome", "--group", "patientid", "method=fixmatch", f"run.dir={run}"])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((run / "data_summary.json").read_text())
+    assert summary["train"]["unlabelled"]["rows"] == 40  # every unlabelled row, none of them in validation
+    assert summary["train"]["rows"] + summary["val"]["rows"] == 40
+    # a supervised method leaves them out and says so
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(yaml.safe_dump({"model": {"encoders": TINY_ENCODERS}, "batch_size": 16, "run": {"loggers": ["csv"]},
+                                     "trainer": {"max_epochs": 1, "enable_progress_bar": False}}))
+    code = main(["train", "-c", str(plain), "--train", str(paths["train"]), "--label", "outcome", "--group", "patientid",
+                 f"run.dir={tmp_path / 'supervised'}"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "40 unlabelled training row(s) are left out" in out.out + out.err
