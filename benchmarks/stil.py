@@ -34,7 +34,7 @@ METRIC = {"av_digits": "accuracy", "physionet2012": "auroc", "covid_cxr": "auroc
 METHODS = ("stil", "supervised_only", "fixmatch", "simmatch", "comatch", "freematch", "mmatch", "cotraining")
 DEFAULT_SETTINGS = ("av_digits@0.01", "physionet2012@0.01", "av_digits@0.1", "physionet2012@0.1", "covid_cxr@0.1")
 # covid_cxr: 64-pixel X-rays, small encoders and STiL at a width a CPU trains in minutes
-COVID = ["data.options.image_size=64", "model.dim=64", "model.projection_dim=32", "batch_size=64",
+COVID = ["data.options.image_size=64", "model.modalities=[image, tabular]", "model.dim=64", "model.projection_dim=32", "batch_size=64",
          "model.encoders={image: {name: timm, model_name: resnet10t, pretrained: false}, "
          "tabular: {name: tabular_transformer, dim: 32, depth: 2, heads: 4}}"]
 
@@ -44,7 +44,8 @@ def results_file(setting: str) -> Path:
     return RESULTS / f"stil_{data}_{round(float(fraction) * 100):g}pct.json"
 
 
-def method_config(data: str, method: str, seed: int, fraction: float, epochs: int | None, run_dir: Path) -> dict:
+def method_config(data: str, method: str, seed: int, fraction: float, epochs: int | None, run_dir: Path,
+                  extra: list[str] = ()) -> dict:
     """The data set's STiL config for ``method``: model keys the method does not take (STiL's
     loss weights for a baseline) are dropped."""
     from holomodal.config import load_config, to_container
@@ -54,17 +55,20 @@ def method_config(data: str, method: str, seed: int, fraction: float, epochs: in
                  "run.loggers=[csv]", "trainer.enable_progress_bar=false"]
     overrides += COVID if data == "covid_cxr" else []
     overrides += [f"trainer.max_epochs={epochs}"] if epochs else []
+    overrides += list(extra)
     cfg = to_container(load_config([CONFIGS[data]], overrides))
     accepted = set(inspect.signature(REGISTRY.get(method).__init__).parameters)
     cfg["model"] = {k: v for k, v in (cfg.get("model") or {}).items() if k in accepted}
     return cfg
 
 
-def one_run(data: str, method: str, seed: int, fraction: float, epochs: int | None, run_root: Path) -> dict:
+def one_run(data: str, method: str, seed: int, fraction: float, epochs: int | None, run_root: Path,
+            variant: tuple[str, list[str]] | None = None) -> dict:
     from holomodal.experiment import run_training
 
-    run_dir = run_root / f"{data}-{round(fraction * 100):g}pct-{method}-{seed}"
-    cfg = method_config(data, method, seed, fraction, epochs, run_dir)
+    name = method + (f"+{variant[0]}" if variant else "")
+    run_dir = run_root / f"{data}-{round(fraction * 100):g}pct-{name}-{seed}"
+    cfg = method_config(data, method, seed, fraction, epochs, run_dir, variant[1] if variant else [])
     start = time.perf_counter()
     out = run_training(cfg)
     log = pd.read_csv(run_dir / "metrics.csv")
@@ -77,17 +81,18 @@ def one_run(data: str, method: str, seed: int, fraction: float, epochs: int | No
             "epochs": int(per_epoch.index.max()) + 1, "best_epoch": best_epoch, "curve": curve, "run_dir": str(run_dir)}
 
 
-def run(settings: list[str], methods: list[str], seeds: list[int], epochs: int | None, run_root: Path) -> None:
+def run(settings: list[str], methods: list[str], seeds: list[int], epochs: int | None, run_root: Path,
+        variant: tuple[str, list[str]] | None = None) -> None:
     for setting in settings:
         data, fraction = setting.split("@")
         path = results_file(setting)
         done = json.loads(path.read_text()) if path.exists() else {}
         for seed in seeds:
             for method in methods:
-                key = f"{method}/seed{seed}"
+                key = method + (f"+{variant[0]}" if variant else "") + f"/seed{seed}"
                 if key in done:
                     continue
-                result = one_run(data, method, seed, float(fraction), epochs, run_root)
+                result = one_run(data, method, seed, float(fraction), epochs, run_root, variant)
                 done[key] = result
                 print(f"{setting} {key}: test {METRIC[data]} {result['test'][METRIC[data]]:.4f} "
                       f"({result['fit_seconds']} s, {result['epochs']} epochs, best {result['best_epoch']})", flush=True)
@@ -113,19 +118,21 @@ def report() -> None:
     curves = []
     for data, parts in by_data.items():
         metric = METRIC[data]
+        other = "auroc" if metric == "accuracy" else "accuracy"
         lines = [f"# Semi-supervised methods on {data}", "",
                  f"Test {metric} (best validation epoch), mean ± std over seeds, per-seed values in brackets. "
                  "Produced by `python benchmarks/stil.py`; settings in the JSON files beside this one.", ""]
         for pct, results in sorted(parts, key=lambda p: float(p[0].rstrip("pct"))):
             lines += [f"## {pct.replace('pct', ' %')} of the training labels", "",
-                      f"| method | test {metric} | test accuracy | seeds | mean epochs | mean fit s |", "|---|---|---|---|---|---|"]
+                      f"| method | test {metric} | test {other} | seeds | mean epochs | mean fit s |", "|---|---|---|---|---|---|"]
             scores: dict[str, list[float]] = {}
-            for method in METHODS:
+            variants = sorted({k.split("/")[0] for k in results} - set(METHODS))
+            for method in [*METHODS, *variants]:
                 runs = [v for k, v in results.items() if k.split("/")[0] == method]
                 if not runs:
                     continue
                 values = [r["test"][metric] for r in runs]
-                acc = [r["test"]["accuracy"] for r in runs]
+                acc = [r["test"][other] for r in runs]
                 scores[method] = values
                 m, s = _stats(values)
                 ma, sa = _stats(acc)
@@ -164,11 +171,17 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=None, help="trainer.max_epochs (default: the config's)")
     parser.add_argument("--runs", default="runs/bench-stil")
+    parser.add_argument("--variant", default=None, help="NAME:override;override, e.g. 'no_pseudo:model.start_epoch=999': "
+                        "the methods again with these config overrides, as rows '<method>+NAME'")
     parser.add_argument("--report", action="store_true", help="only write the tables and curves")
     args = parser.parse_args()
+    variant = None
+    if args.variant:
+        name, _, overrides = args.variant.partition(":")
+        variant = (name, [o for o in overrides.split(";") if o])
     if not args.report:
         run(args.settings.split(","), args.methods.split(","), [int(s) for s in args.seeds.split(",")], args.epochs,
-            Path(args.runs) / time.strftime("%Y%m%d-%H%M%S"))
+            Path(args.runs) / time.strftime("%Y%m%d-%H%M%S"), variant)
     report()
 
 

@@ -13,8 +13,7 @@ from holomodal.estimator import Classifier
 from holomodal.methods.semi_supervised.comatch import (
     CoMatch, graph_contrastive_loss, memory_smoothed, pseudo_label_graph,
 )
-
-ENCODERS = {"image": {"name": "lenet", "channels": 4, "blocks": 2}, "audio": {"name": "lenet", "channels": 4, "blocks": 3}}
+from semi_supervised_fit import ENCODERS, fit_semi_supervised
 
 
 def test_pseudo_label_graph_keeps_self_loops_and_strong_edges():
@@ -50,17 +49,12 @@ def test_memory_smoothing_over_the_filled_queue_entries():
 
 @pytest.fixture(scope="module")
 def fitted(av_digits, tmp_path_factory):
-    train = av_digits.split("train").sample(200, random_state=0).reset_index(drop=True)
-    labelled, unlabelled = train.iloc[:40].reset_index(drop=True), train.iloc[40:].reset_index(drop=True)
     run_dir = tmp_path_factory.mktemp("comatch") / "run"
     # 30 % of the rows, labelled and unlabelled, lose one of their two modalities
-    # start_epoch 0: the second epoch trains on pseudo-labels, memory-smoothed, with the contrastive
-    # term; co_threshold 0 makes every pseudo-label confident, so that the masked term trains too
-    model = {"encoders": ENCODERS, "dim": 32, "start_epoch": 0, "co_threshold": 0.0}
-    clf = Classifier(av_digits.schema, method="comatch", model=model,
-                     batch_size=64, loggers=["csv"], run_dir=run_dir, missing=["modality:0.3:both"],
-                     trainer={"max_epochs": 2, "enable_progress_bar": False, "accelerator": "cpu"})
-    clf.fit(labelled, av_digits.split("val").sample(60, random_state=0), unlabeled=unlabelled)
+    # the second epoch trains on pseudo-labels, memory-smoothed, with the contrastive term;
+    # co_threshold 0 makes every pseudo-label confident, so that the masked term trains too
+    clf, _, _ = fit_semi_supervised(av_digits, "comatch", run_dir, {"co_threshold": 0.0}, absent=False,
+                                    missing=["modality:0.3:both"])
     return clf, run_dir
 
 

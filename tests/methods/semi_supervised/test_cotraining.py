@@ -12,13 +12,9 @@ import torch
 import holomodal.methods.semi_supervised.cotraining  # noqa: F401  (registers "cotraining")
 from holomodal.errors import ConfigError
 from holomodal.estimator import Classifier
-from holomodal.methods import create_method
-from holomodal.methods.base import ModelContext
 from holomodal.methods.semi_supervised.cotraining import cross_modal_targets, union_pseudo_labels
-from holomodal.preprocessing import Preprocessor
+from semi_supervised_fit import fit_semi_supervised, tiny_method
 
-ENCODERS = {"image": {"name": "lenet", "channels": 4, "blocks": 2}, "audio": {"name": "lenet", "channels": 4, "blocks": 3}}
-QUIET = {"enable_progress_bar": False, "accelerator": "cpu"}
 PARTNER = {"image": "audio", "audio": "image"}
 
 
@@ -53,17 +49,8 @@ def test_union_takes_the_more_confident_of_the_confident_teachers():
     assert pseudo.cases["image_teaches"].tolist() == [True, True, False]
 
 
-def tiny_cotraining(av_digits, **options):
-    frame = av_digits.split("train").sample(24, random_state=1).reset_index(drop=True)
-    pre = Preprocessor(av_digits.schema).fit(frame)
-    types = {m: av_digits.schema.modality_type(m).value for m in pre.processors}
-    context = ModelContext(pre.input_specs, types, pre.num_classes, av_digits.schema.task.value, list(pre.classes_))
-    method = create_method("cotraining", context, encoders=ENCODERS, dim=16, projection_dim=8, **options)
-    return method, pre.transform(frame)[0]
-
-
 def test_a_step_uses_no_row_whose_partner_is_absent(av_digits):
-    method, batch = tiny_cotraining(av_digits, co_threshold=0.0)  # every present teacher is sure
+    method, batch = tiny_method(av_digits, "cotraining", co_threshold=0.0)  # every present teacher is sure
     labelled, unlabelled = batch.select(range(4)), replace(batch.select(range(4, 20)), target=None)
     result = method.semi_supervised_step(labelled, unlabelled)
     assert result.pseudo.confident.all()
@@ -80,21 +67,14 @@ def test_a_step_uses_no_row_whose_partner_is_absent(av_digits):
 
 def test_cotraining_needs_two_modalities(av_digits):
     with pytest.raises(ConfigError, match="two modalities"):
-        tiny_cotraining(av_digits, modalities=["image"])
+        tiny_method(av_digits, "cotraining", modalities=["image"])
 
 
 def test_cotraining_fits_av_digits_saves_and_reloads(av_digits, tmp_path):
-    train = av_digits.split("train").sample(200, random_state=0).reset_index(drop=True)
-    lab, unl = train.iloc[:40].reset_index(drop=True), train.iloc[40:].reset_index(drop=True)
-    unl.loc[:15, "image"] = None  # absent modalities among the unlabelled rows
-    unl.loc[10:25, "audio"] = None
-    val = av_digits.split("val").sample(60, random_state=0)
     run = tmp_path / "run"
-    # a threshold an untrained teacher reaches, so that epoch 1 trains across the modalities
-    model = {"encoders": ENCODERS, "dim": 32, "start_epoch": 0, "co_threshold": 0.12}
-    clf = Classifier(av_digits.schema, method="cotraining", model=model, batch_size=64, loggers=["csv"], run_dir=run,
-                     trainer={**QUIET, "max_epochs": 2})
-    clf.fit(lab, val, unlabeled=unl)
+    # absent modalities among the unlabelled rows; a threshold an untrained teacher reaches, so
+    # that epoch 1 trains across the modalities
+    clf, _, val = fit_semi_supervised(av_digits, "cotraining", run, {"co_threshold": 0.12})
     steps = pd.read_csv(run / "metrics.csv").dropna(subset=["train/loss"])
     assert len(steps) == 2
     columns = ("train/ce", "train/ce_unimodal", "train/cross_audio_to_image", "train/cross_image_to_audio",

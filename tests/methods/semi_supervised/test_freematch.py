@@ -12,13 +12,8 @@ import torch
 
 import holomodal.methods.semi_supervised.freematch  # noqa: F401  (registers "freematch")
 from holomodal.estimator import Classifier
-from holomodal.methods import create_method
-from holomodal.methods.base import ModelContext
 from holomodal.methods.semi_supervised.freematch import SelfAdaptiveThreshold, fairness_loss
-from holomodal.preprocessing import Preprocessor
-
-ENCODERS = {"image": {"name": "lenet", "channels": 4, "blocks": 2}, "audio": {"name": "lenet", "channels": 4, "blocks": 3}}
-QUIET = {"enable_progress_bar": False, "accelerator": "cpu"}
+from semi_supervised_fit import fit_semi_supervised, tiny_method
 
 PROBS = torch.tensor([[0.7, 0.2, 0.1], [0.2, 0.5, 0.3], [0.1, 0.1, 0.8], [0.4, 0.35, 0.25]])
 
@@ -69,12 +64,8 @@ def test_fairness_loss_by_hand_and_only_through_confident_rows():
 
 
 def tiny_freematch(av_digits, **options):
-    frame = av_digits.split("train").sample(24, random_state=1).reset_index(drop=True)
-    pre = Preprocessor(av_digits.schema).fit(frame)
-    types = {m: av_digits.schema.modality_type(m).value for m in pre.processors}
-    context = ModelContext(pre.input_specs, types, pre.num_classes, av_digits.schema.task.value, list(pre.classes_))
-    method = create_method("freematch", context, encoders=ENCODERS, dim=16, projection_dim=8, **options)
-    return method.eval(), pre.transform(frame)[0]
+    method, batch = tiny_method(av_digits, "freematch", **options)
+    return method.eval(), batch
 
 
 def unlabelled_terms(method, batch, apply_mask):
@@ -114,15 +105,8 @@ def test_teacher_stays_in_eval_mode_and_follows_the_student(av_digits):
 
 
 def test_freematch_fits_av_digits_saves_and_reloads(av_digits, tmp_path):
-    train = av_digits.split("train").sample(200, random_state=0).reset_index(drop=True)
-    lab, unl = train.iloc[:40].reset_index(drop=True), train.iloc[40:].reset_index(drop=True)
-    unl.loc[:15, "image"] = None  # absent modalities among the unlabelled rows
-    unl.loc[10:25, "audio"] = None
-    val = av_digits.split("val").sample(60, random_state=0)
     run = tmp_path / "run"
-    clf = Classifier(av_digits.schema, method="freematch", model={"encoders": ENCODERS, "dim": 32, "start_epoch": 0},
-                     batch_size=64, loggers=["csv"], run_dir=run, trainer={**QUIET, "max_epochs": 2})
-    clf.fit(lab, val, unlabeled=unl)
+    clf, _, val = fit_semi_supervised(av_digits, "freematch", run)  # absent modalities among the unlabelled rows
     log = pd.read_csv(run / "metrics.csv")
     steps = log.dropna(subset=["train/loss"])
     assert len(steps) == 2

@@ -14,14 +14,9 @@ import torch.nn.functional as F
 import holomodal.methods.semi_supervised.mmatch  # noqa: F401  (registers "mmatch")
 from holomodal.errors import ConfigError
 from holomodal.estimator import Classifier
-from holomodal.methods import create_method
-from holomodal.methods.base import ModelContext
 from holomodal.methods.semi_supervised.base import NetworkOutput
 from holomodal.methods.semi_supervised.mmatch import MemoryBank, unimodal_pseudo_label_loss
-from holomodal.preprocessing import Preprocessor
-
-ENCODERS = {"image": {"name": "lenet", "channels": 4, "blocks": 2}, "audio": {"name": "lenet", "channels": 4, "blocks": 3}}
-QUIET = {"enable_progress_bar": False, "accelerator": "cpu"}
+from semi_supervised_fit import fit_semi_supervised, tiny_method
 
 
 def test_bank_is_fifo_and_wraps():
@@ -65,17 +60,8 @@ def test_unimodal_loss_counts_confident_rows_where_the_modality_is_present():
     assert loss.item() == pytest.approx(expected, rel=1e-6)
 
 
-def tiny_mmatch(av_digits, **options):
-    frame = av_digits.split("train").sample(24, random_state=1).reset_index(drop=True)
-    pre = Preprocessor(av_digits.schema).fit(frame)
-    types = {m: av_digits.schema.modality_type(m).value for m in pre.processors}
-    context = ModelContext(pre.input_specs, types, pre.num_classes, av_digits.schema.task.value, list(pre.classes_))
-    method = create_method("mmatch", context, encoders=ENCODERS, dim=16, projection_dim=8, **options)
-    return method, pre.transform(frame)[0]
-
-
 def test_a_step_fills_the_bank_with_aligned_and_one_hot_rows(av_digits):
-    method, batch = tiny_mmatch(av_digits, bank_size=20)
+    method, batch = tiny_method(av_digits, "mmatch", bank_size=20)
     labelled, unlabelled = batch.select(range(4)), replace(batch.select(range(4, 20)), target=None)
     result = method.semi_supervised_step(labelled, unlabelled)
     assert int(method.bank.filled) == 20 and int(method.bank.pointer) == 0
@@ -87,28 +73,21 @@ def test_a_step_fills_the_bank_with_aligned_and_one_hot_rows(av_digits):
     # an untrained ten-class model is never 0.6 sure: nothing confident, no unlabelled loss
     assert not result.pseudo.confident.any() and result.terms["ce_unlabelled"].item() == 0.0
     assert result.loss.item() == pytest.approx((result.terms["ce"] + result.terms["ce_unimodal"]).item())
-    without = tiny_mmatch(av_digits, bank_size=20, bank_labelled=False)[0]
+    without = tiny_method(av_digits, "mmatch", bank_size=20, bank_labelled=False)[0]
     without.semi_supervised_step(labelled, unlabelled)
     assert int(without.bank.filled) == 16
 
 
 def test_bad_bank_options_are_config_errors(av_digits):
     with pytest.raises(ConfigError, match="bank_size"):
-        tiny_mmatch(av_digits, bank_size=0)
+        tiny_method(av_digits, "mmatch", bank_size=0)
 
 
 def test_mmatch_fits_av_digits_saves_and_reloads(av_digits, tmp_path):
-    train = av_digits.split("train").sample(200, random_state=0).reset_index(drop=True)
-    lab, unl = train.iloc[:40].reset_index(drop=True), train.iloc[40:].reset_index(drop=True)
-    unl.loc[:15, "image"] = None  # absent modalities among the unlabelled rows
-    unl.loc[10:25, "audio"] = None
-    val = av_digits.split("val").sample(60, random_state=0)
     run = tmp_path / "run"
-    # a threshold an untrained model reaches, so that epoch 1 trains the unimodal heads on pseudo-labels
-    model = {"encoders": ENCODERS, "dim": 32, "start_epoch": 0, "threshold": 0.12, "bank_size": 100}
-    clf = Classifier(av_digits.schema, method="mmatch", model=model, batch_size=64, loggers=["csv"], run_dir=run,
-                     trainer={**QUIET, "max_epochs": 2})
-    clf.fit(lab, val, unlabeled=unl)
+    # absent modalities among the unlabelled rows; a threshold an untrained model reaches, so
+    # that epoch 1 trains the unimodal heads on pseudo-labels
+    clf, _, val = fit_semi_supervised(av_digits, "mmatch", run, {"threshold": 0.12, "bank_size": 100})
     steps = pd.read_csv(run / "metrics.csv").dropna(subset=["train/loss"])
     assert len(steps) == 2
     for column in ("train/ce", "train/ce_unimodal", "train/ce_unlabelled", "pseudo/confident_share"):

@@ -11,8 +11,7 @@ import torch
 import holomodal.methods.semi_supervised.simmatch  # noqa: F401  (registers "simmatch")
 from holomodal.estimator import Classifier
 from holomodal.methods.semi_supervised.simmatch import SimMatch, bank_log_distribution, unfold_and_aggregate
-
-ENCODERS = {"image": {"name": "lenet", "channels": 4, "blocks": 2}, "audio": {"name": "lenet", "channels": 4, "blocks": 3}}
+from semi_supervised_fit import ENCODERS, fit_semi_supervised
 
 
 def test_unfolding_and_aggregation_on_a_three_slot_bank():
@@ -44,17 +43,12 @@ def test_bank_distribution_skips_empty_slots():
 
 @pytest.fixture(scope="module")
 def fitted(av_digits, tmp_path_factory):
-    train = av_digits.split("train").sample(200, random_state=0).reset_index(drop=True)
-    labelled, unlabelled = train.iloc[:40].reset_index(drop=True), train.iloc[40:].reset_index(drop=True)
     run_dir = tmp_path_factory.mktemp("simmatch") / "run"
     # 30 % of the rows, labelled and unlabelled, lose one of their two modalities
-    # start_epoch 0: the second epoch trains on the pseudo-labels; threshold 0 makes every one
-    # confident, so that the masked term trains too
-    model = {"encoders": ENCODERS, "dim": 32, "start_epoch": 0, "threshold": 0.0}
-    clf = Classifier(av_digits.schema, method="simmatch", model=model,
-                     batch_size=64, loggers=["csv"], run_dir=run_dir, missing=["modality:0.3:both"],
-                     trainer={"max_epochs": 2, "enable_progress_bar": False, "accelerator": "cpu"})
-    clf.fit(labelled, av_digits.split("val").sample(60, random_state=0), unlabeled=unlabelled)
+    # the second epoch trains on the pseudo-labels; threshold 0 makes every one confident, so
+    # that the masked term trains too
+    clf, labelled, _ = fit_semi_supervised(av_digits, "simmatch", run_dir, {"threshold": 0.0}, absent=False,
+                                           missing=["modality:0.3:both"])
     return clf, run_dir, labelled
 
 
