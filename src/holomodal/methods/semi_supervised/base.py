@@ -93,6 +93,11 @@ class SemiSupervisedMethod(ClassificationMethod):
     def semi_supervised_step(self, labelled: Batch, unlabelled: Batch) -> StepResult:
         raise NotImplementedError
 
+    def forward(self, batch: Batch) -> Tensor:
+        """The logits of the classifier used at inference: every method keeps its student
+        network in ``self.network``, whose output has ``logits``."""
+        return self.network(batch).logits
+
     # ---- shared ------------------------------------------------------------------------
     @property
     def pseudo_labels_on(self) -> bool:

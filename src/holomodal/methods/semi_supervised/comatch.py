@@ -111,9 +111,6 @@ class CoMatch(SemiSupervisedMethod):
             resolved["queue_size"] = min(QUEUE_SIZE, rows) if rows else QUEUE_SIZE
         return resolved
 
-    def forward(self, batch: Batch) -> Tensor:
-        return self.network(batch).logits
-
     @property
     def contrast_weight(self) -> float:
         return min(self.current_epoch + 1.0, self.lambda_c) if self.pseudo_labels_on else 0.0

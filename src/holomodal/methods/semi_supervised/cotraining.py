@@ -86,9 +86,6 @@ class CoTraining(SemiSupervisedMethod):
         self.supervised_weight = float(supervised_weight)
         self.ema_momentum = float(ema_momentum)
 
-    def forward(self, batch: Batch) -> Tensor:
-        return self.network(batch).logits
-
     def semi_supervised_step(self, labelled: Batch, unlabelled: Batch) -> StepResult:
         out = self.network(self.views(labelled, "weak"))
         ce = F.cross_entropy(out.logits.float(), labelled.target)

@@ -42,9 +42,6 @@ class FixMatch(SemiSupervisedMethod):
         self.threshold = float(threshold)
         self.lambda_u = float(lambda_u)
 
-    def forward(self, batch: Batch) -> Tensor:
-        return self.network(batch).logits
-
     def semi_supervised_step(self, labelled: Batch, unlabelled: Batch) -> StepResult:
         out = self.network(self.views(labelled, "weak"))
         ce = F.cross_entropy(out.logits.float(), labelled.target)

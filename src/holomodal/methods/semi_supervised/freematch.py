@@ -120,9 +120,6 @@ class FreeMatch(SemiSupervisedMethod):
         self.ema_momentum = float(ema_momentum)
         self.apply_mask = bool(apply_mask)
 
-    def forward(self, batch: Batch) -> Tensor:
-        return self.network(batch).logits
-
     def semi_supervised_step(self, labelled: Batch, unlabelled: Batch) -> StepResult:
         out = self.network(self.views(labelled, "weak"))
         ce = F.cross_entropy(out.logits.float(), labelled.target)

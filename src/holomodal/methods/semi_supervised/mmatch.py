@@ -117,9 +117,6 @@ class MMatch(SemiSupervisedMethod):
         self.smoothing = float(smoothing)
         self.bank_labelled = bool(bank_labelled)
 
-    def forward(self, batch: Batch) -> Tensor:
-        return self.network(batch).logits
-
     @torch.no_grad()
     def pseudo_probabilities(self, weak: NetworkOutput) -> tuple[Tensor, Tensor]:
         """The weak view's aligned probabilities, bank-smoothed from epoch 1 on, and the

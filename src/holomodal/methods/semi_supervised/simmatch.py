@@ -97,9 +97,6 @@ class SimMatch(SemiSupervisedMethod):
         self.register_buffer("bank_embeddings", torch.zeros(context.train_rows, projection_dim))
         self.register_buffer("bank_labels", torch.full((context.train_rows,), -1, dtype=torch.long))
 
-    def forward(self, batch: Batch) -> Tensor:
-        return self.network(batch).logits
-
     @torch.no_grad()
     def update_bank(self, embeddings: Tensor, labels: Tensor, rows: Tensor) -> None:
         """Write the labelled rows' teacher embeddings and labels to their slots."""

@@ -313,9 +313,6 @@ class STiL(SemiSupervisedMethod):
                 f"{self.context.unlabelled_rows} unlabelled rows; pseudo-labels after a warm-up of {self.start_epoch + 1} epoch(s)")
 
     # ---- forward and step ---------------------------------------------------------------------
-    def forward(self, batch: Batch) -> Tensor:
-        return self.network(batch).logits
-
     def embed(self, joint: Tensor) -> Tensor:
         return F.normalize(self.projection(joint).float(), dim=1)
 

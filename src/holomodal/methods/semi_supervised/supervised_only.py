@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch.nn.functional as F
-from torch import Tensor
 
 from holomodal.batch import Batch
 from holomodal.methods import register_method
@@ -35,9 +34,6 @@ class SupervisedOnly(SemiSupervisedMethod):
         self.network = ConcatNetwork(context, encoders, modalities, dim, projection_dim)
         self.unimodal_weight = float(unimodal_weight)
         self.view = view
-
-    def forward(self, batch: Batch) -> Tensor:
-        return self.network(batch).logits
 
     def semi_supervised_step(self, labelled: Batch, unlabelled: Batch) -> StepResult:
         out = self.network(self.views(labelled, self.view))
