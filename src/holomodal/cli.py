@@ -161,7 +161,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     losses = ", ".join(f"{k} {v:.4f}" for k, v in sorted(result["metrics"].items()))
     say(f"last epoch: {losses}")
     say(f"run folder: {result['run_dir']}  (fit {result['fit_seconds']:.1f} s)")
-    say(f"fine-tune with: holomodal train -c CONFIG model.checkpoint={result['run_dir']}")
+    if cfg.get("method") == "clip":
+        say(f"prompt-tune on it with: holomodal train -c CONFIG method=dcp model.backbone={result['run_dir']}")
+    else:
+        say(f"fine-tune with: holomodal train -c CONFIG model.checkpoint={result['run_dir']}")
     return 0
 
 

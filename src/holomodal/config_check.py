@@ -44,8 +44,9 @@ PYTHON_SOURCE = "the configuration given in Python"
 # the optimisers holomodal.methods.base.build_optimizer makes, by name
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD, "rmsprop": torch.optim.RMSprop}
 # optim keys the methods' configure_optimizers read themselves, and the schedulers they know
-OWN_OPTIM_KEYS = {"train": ("name", "scheduler", "warmup_epochs"), "pretrain": ("name", "scheduler", "warmup_epochs")}
-SCHEDULERS = {"train": (None, "none", "cosine", "warmup_cosine"), "pretrain": (None, "none", "warmup_cosine")}
+OWN_OPTIM_KEYS = {"train": ("name", "scheduler", "warmup_epochs", "warmup_fraction"),
+                  "pretrain": ("name", "scheduler", "warmup_epochs")}
+SCHEDULERS = {"train": (None, "none", "cosine", "warmup_cosine", "warmup_linear"), "pretrain": (None, "none", "warmup_cosine")}
 RESERVED_OPTIM = {"params": "holomodal passes the model's parameters", "fused": "holomodal turns it on for CUDA itself"}
 FUSED = ("adam", "adamw")  # build_optimizer sets fused=True on CUDA for these
 RESERVED_TRAINER = {
@@ -248,6 +249,11 @@ class _Checker:
         name = self.cfg.get("method")
         self.choice("method", name, PRETRAINING.list() if mode == "pretrain" else METHODS.list(),
                     "pre-training method" if mode == "pretrain" else "method")
+        if mode == "pretrain" and name not in METHODS:
+            # a pre-training method without a classifier of its name lists its own options
+            self.keys("model", self.section("model", self.cfg.get("model")), list(PRETRAINING.get(name).model_options),
+                      f"pre-training method '{name}'")
+            return
         # one model section serves `pretrain` and `train`: the fine-tuning method's constructor
         # takes every pre-training option too
         self.method_options("model", METHODS.get(name), self.section("model", self.cfg.get("model")), f"method '{name}'", name)
@@ -366,6 +372,9 @@ class _Checker:
             self.choice("optim.scheduler", optim["scheduler"], SCHEDULERS[mode], f"scheduler for holomodal {mode}")
         if "warmup_epochs" in optim:
             self.integer("optim.warmup_epochs", optim["warmup_epochs"], 0)
+        fraction = optim.get("warmup_fraction", 0.1)
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+            self.fail("optim.warmup_fraction", f"must be a number from 0 to below 1 (the share of steps warming up), got {fraction!r}")
         # the values too, on a stand-in parameter: adding one key at a time blames the right one
         given: dict[str, Any] = {}
         for key, value in optim.items():

@@ -182,7 +182,11 @@ class Classifier:
         batch, summary = self.preprocessor_.transform(df, with_target=with_target, split=split)
         if plan is not None and plan.specs:
             n_tab = 0 if batch.cell_missing is None else batch.cell_missing.shape[1]
-            masks = plan.masks(split, len(batch), n_tab, list(batch.present))
+            types = {m: "tabular" if m == "tabular" else self.schema.modality_type(m).value for m in batch.present}
+            masks = plan.masks(split, len(batch), n_tab, list(batch.present), types)
+            if with_target:  # recorded with the run: every method trained on this split sees these rows dropped
+                self.drawn_masks_ = {**getattr(self, "drawn_masks_", {}),
+                                     split: {m: np.flatnonzero(~k).tolist() for m, k in masks.keep.items() if (~k).any()}}
             cells = None if masks.cell_missing is None else torch.from_numpy(masks.cell_missing)
             batch = batch.with_masks(cells, {m: torch.from_numpy(k) for m, k in masks.keep.items()})
             summary["synthetic"] = {
@@ -477,6 +481,9 @@ class Classifier:
         pending = write_records(self.run_dir_, record, resume=resume)
         records = {"schema.json": self.schema.to_dict(), "missingness.json": self.plan_.to_dict(),
                    "data_summary.json": {"train": train_summary, "val": val_summary}}
+        if getattr(self, "drawn_masks_", None):
+            # by split and modality, the row positions (in the split's table) whose modality was dropped
+            records["missing_masks.json"] = self.drawn_masks_
         if not (resume and (self.run_dir_ / "preprocessor.json").exists()):
             records["preprocessor.json"] = self.preprocessor_.state_dict()
         write_records(self.run_dir_, records, resume=False)

@@ -85,6 +85,19 @@ def modality_keep(
     return keep
 
 
+def resolve_drop(drop: str | None, modalities: list[str], types: dict[str, str]) -> str | None:
+    """A modality spec's ``drop`` as a modality name: a name, ``both``/``all``, or a modality
+    type held by exactly one modality (``text`` drops the text column, whatever its name)."""
+    if drop in modalities or drop in ("both", "all") or drop is None:
+        return drop
+    of_type = [m for m in modalities if types.get(m) == drop]
+    if len(of_type) == 1:
+        return of_type[0]
+    if len(of_type) > 1:
+        raise ConfigError(f"cannot drop modality '{drop}': the data has several {drop} columns {of_type}; name one")
+    return drop  # modality_keep names the known ones
+
+
 @dataclass
 class MissingnessSpec:
     """One synthetic missingness pattern.
@@ -158,7 +171,10 @@ class MissingnessPlan:
         order = np.asarray(self.ranking_)
         return np.sort(order[:k] if spec.kind == "mifm" else order[::-1][:k])
 
-    def masks(self, split: str, n_rows: int, n_tabular: int, modalities: Sequence[str]) -> SplitMasks:
+    def masks(self, split: str, n_rows: int, n_tabular: int, modalities: Sequence[str],
+              types: dict[str, str] | None = None) -> SplitMasks:
+        """The masks of ``split``. ``types`` (modality name -> type) lets a modality spec's
+        ``drop`` name a type (``image``, ``text``: DCP's protocols) where one modality has it."""
         cells = np.zeros((n_rows, n_tabular), dtype=bool) if n_tabular else None
         keep = {m: np.ones(n_rows, dtype=bool) for m in modalities}
         for spec in self.specs:
@@ -173,7 +189,8 @@ class MissingnessPlan:
                     cells[:, self.masked_columns(spec, n_tabular)] = True
             else:
                 seed = spec.seed + SPLIT_OFFSETS.get(split, 3)
-                for m, k in modality_keep(n_rows, list(modalities), spec.rate, spec.drop, seed).items():
+                drop = resolve_drop(spec.drop, list(modalities), types or {})
+                for m, k in modality_keep(n_rows, list(modalities), spec.rate, drop, seed).items():
                     keep[m] &= k
         return SplitMasks(cells, keep)
 

@@ -1,5 +1,5 @@
 """Self-supervised pre-training runs: the estimator-style API, the config entry point, and
-the registry of pre-training methods (TIP so far).
+the registry of pre-training methods (TIP; CLIP for the prompt methods).
 
 >>> pre = Pretrainer(bundle.schema, model={"losses": ["itc", "itm", "mtr"]}, trainer={"max_epochs": 500})
 >>> pre.fit(unlabelled_and_train_rows, val_rows)        # labels are never read
@@ -128,6 +128,46 @@ class TIPPretrainingMethod(PretrainingMethod):
 
         types = {m: "tabular" if m == "tabular" else schema.modality_type(m).value for m in preprocessor.processors}
         return TIPPretraining(preprocessor.input_specs, types, model=model, optim=optim, preprocessor=preprocessor.state_dict())
+
+
+@register_pretraining("clip")
+class CLIPPretrainingMethod(PretrainingMethod):
+    """CLIP on image-text pairs: one image and one text column (``model.image`` /
+    ``model.text`` name them when there are several), the rows holding both, the backbone
+    ``model.backbone`` (default the tiny CLIP, random); see
+    :class:`holomodal.methods.pretraining.clip.CLIPPretraining`."""
+
+    model_options = ("backbone", "image", "text")
+
+    def _columns(self, schema: Schema, model: dict[str, Any]) -> tuple[str, str]:
+        from holomodal.backbones.clip import image_text_columns
+
+        types = {c.name: c.modality.value for c in schema.columns if c.modality in (Modality.IMAGE, Modality.TEXT)}
+        return image_text_columns(types, model.get("image"), model.get("text"), "clip")
+
+    def restrict(self, schema: Schema, model: dict[str, Any]) -> Schema:
+        from holomodal.backbones.clip import clip_columns, resolve_backbone
+
+        unknown = sorted(set(model) - set(self.model_options))
+        if unknown:
+            raise ConfigError(f"clip pre-training has no model option(s) {unknown} ({', '.join(self.model_options)})")
+        image, text = self._columns(schema, model)
+        keep = [c for c in schema.columns if c.name in (image, text) or c.modality == Modality.LABEL]
+        pairs = dataclasses.replace(schema, columns=[Column(c.name, c.modality, dict(c.options)) for c in keep])
+        return clip_columns(pairs, resolve_backbone(model.get("backbone")), image, text)
+
+    def select(self, batch: Batch, schema: Schema) -> Batch:
+        both = torch.stack([batch.present[c.name] for c in schema.columns if c.name in batch.present]).all(dim=0)
+        return batch.select(torch.nonzero(both).flatten())
+
+    def build(self, preprocessor: Preprocessor, schema: Schema, model: dict[str, Any],
+              optim: dict[str, Any]) -> L.LightningModule:
+        from holomodal.backbones.clip import resolve_backbone
+        from holomodal.methods.pretraining.clip import CLIPPretraining
+
+        image, text = self._columns(schema, model)
+        return CLIPPretraining(resolve_backbone(model.get("backbone")), image, text, preprocessor.input_specs,
+                               optim=optim, preprocessor=preprocessor.state_dict())
 
 
 # the registered names when this module was imported; PRETRAINING.list() is always current

@@ -21,5 +21,6 @@ from holomodal.methods import tip  # noqa: E402,F401  (registers)
 from holomodal.methods import classical  # noqa: E402,F401  (registers gbdt, linear)
 from holomodal.methods import ensemble  # noqa: E402,F401  (registers)
 from holomodal.methods import semi_supervised  # noqa: E402,F401  (registers stil and its baselines)
+from holomodal.methods import prompting  # noqa: E402,F401  (registers mmp, dcp, clip_baseline, clip_finetune)
 
 __all__ = ["ClassificationMethod", "ModelContext", "create_method", "list_methods", "register_method"]

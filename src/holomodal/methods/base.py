@@ -383,15 +383,40 @@ class ClassificationMethod(FiniteLossGuard, L.LightningModule):
     def configure_optimizers(self) -> Any:
         cfg = dict(self.optim_cfg)
         scheduler = cfg.pop("scheduler", None)
-        warmup = int(cfg.pop("warmup_epochs", 10))
-        opt = build_optimizer(self.parameter_groups(), **cfg)
-        if self.trainer is None or not self.trainer.max_epochs or scheduler in (None, "none"):
-            return opt
-        total = int(self.trainer.max_epochs)
-        if scheduler == "cosine":
-            return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)}
-        if scheduler == "warmup_cosine":  # STiL's LinearWarmupCosineAnnealing, stepped per epoch
-            warmup = min(warmup, max(total - 1, 0))
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: warmup_cosine(e, warmup, total))
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
-        raise ConfigError(f"optim.scheduler must be cosine, warmup_cosine or none, not '{scheduler}'")
+        warmup = {k: cfg.pop(k) for k in ("warmup_epochs", "warmup_fraction") if k in cfg}
+        return with_scheduler(build_optimizer(self.parameter_groups(), **cfg), self.trainer, scheduler, **warmup)
+
+
+SCHEDULERS = ("cosine", "warmup_cosine", "warmup_linear", "none")
+
+
+def with_scheduler(opt: torch.optim.Optimizer, trainer: Any, scheduler: str | None, *, warmup_epochs: int = 10,
+                   warmup_fraction: float = 0.1) -> Any:
+    """``opt`` with a learning-rate schedule over the run, in Lightning's return format:
+
+    * ``cosine``: cosine annealing to 0 over the epochs;
+    * ``warmup_cosine``: ``warmup_epochs`` of linear warm-up, then cosine (STiL's, TIP's), per epoch;
+    * ``warmup_linear``: linear warm-up over ``warmup_fraction`` of the optimisation steps, then
+      linear decay to 0 at the last step (DCP's and MMP's), per step;
+    * ``none`` / None: a constant rate."""
+    if trainer is None or not trainer.max_epochs or scheduler in (None, "none"):
+        return opt
+    total = int(trainer.max_epochs)
+    if scheduler == "cosine":
+        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)}
+    if scheduler == "warmup_cosine":
+        warmup = min(int(warmup_epochs), max(total - 1, 0))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: warmup_cosine(e, warmup, total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+    if scheduler == "warmup_linear":
+        steps = max(int(trainer.estimated_stepping_batches), 1)
+        warmup = int(round(float(warmup_fraction) * steps))
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return max(0.0, (steps - step) / max(steps - warmup, 1))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+    raise ConfigError(f"optim.scheduler must be one of {', '.join(SCHEDULERS)}, not '{scheduler}'")

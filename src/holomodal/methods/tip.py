@@ -46,7 +46,9 @@ from holomodal.fusion.cross_attention import CrossAttentionFusion
 from holomodal.losses import ImageTabularContrastiveLoss, ImageTabularMatching, MaskedTabularReconstructionLoss
 from holomodal.losses.itm import sample_hard_negatives
 from holomodal.methods import register_method
-from holomodal.methods.base import ClassificationMethod, FiniteLossGuard, ModelContext, build_optimizer, warmup_cosine
+from holomodal.methods.base import (
+    ClassificationMethod, FiniteLossGuard, ModelContext, build_optimizer, with_scheduler,
+)
 from holomodal.schema import Modality
 
 TABULAR = "tabular"
@@ -398,15 +400,7 @@ class TIPPretraining(FiniteLossGuard, L.LightningModule):
         cfg = dict(self.optim_cfg)
         scheduler = cfg.pop("scheduler", "warmup_cosine")
         warmup = int(cfg.pop("warmup_epochs", 10))
-        opt = build_optimizer(self.parameters(), **cfg)
-        if scheduler in (None, "none") or self.trainer is None or not self.trainer.max_epochs:
-            return opt
-        if scheduler != "warmup_cosine":
-            raise ConfigError(f"tip pre-training scheduler must be warmup_cosine or none, not '{scheduler}'")
-        total = int(self.trainer.max_epochs)
-        warmup = min(warmup, max(total - 1, 0))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: warmup_cosine(e, warmup, total))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        return with_scheduler(build_optimizer(self.parameters(), **cfg), self.trainer, scheduler, warmup_epochs=warmup)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = json.dumps(self.record)

@@ -143,6 +143,10 @@ class ImageProcessor:
 
             self.mean_ = list(IMAGENET_DEFAULT_MEAN[: self.channels]) if self.channels == 3 else [0.449]
             self.std_ = list(IMAGENET_DEFAULT_STD[: self.channels]) if self.channels == 3 else [0.226]
+        elif self.normalize == "clip":  # the statistics CLIP was trained with
+            from holomodal.backbones.clip import CLIP_MEAN, CLIP_STD
+
+            self.mean_, self.std_ = list(CLIP_MEAN), list(CLIP_STD)
         elif self.normalize == "dataset":
             pixels, present = self.decode(df, {})
             seen = pixels[present].float() / 255.0
