@@ -12,7 +12,7 @@ from holomodal.errors import HolomodalError
 
 def test_data_list_and_check(capsys):
     assert main(["data", "list"]) == 0
-    assert capsys.readouterr().out.split() == ["av_digits", "coco_mini", "covid_cxr", "mnist5k", "physionet2012"]
+    assert capsys.readouterr().out.split() == ["av_digits", "coco_mini", "covid_cxr", "emoji", "mnist5k", "physionet2012"]
     assert main(["data", "check", "covid_cxr"]) == 0
     out = capsys.readouterr().out
     assert "751 rows" in out

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -222,8 +223,21 @@ class Pretrainer:
         check_loggers(self.loggers)
         spec = self.method_spec
         schema = spec.restrict(self.schema, self.model)
-        run_dir = Path(self.run_dir) if self.run_dir else default_run_dir(self.data_name, f"{self.method}-pretrain")
-        check_run_dir(run_dir, resume=resume)
+        from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+        from holomodal.estimator import RUN_DIR_ENV
+
+        # under DDP every process runs fit(); only global rank 0 owns the run folder, and the
+        # processes it launches inherit the folder's name through the environment
+        rank = int(getattr(rank_zero_only, "rank", 0))
+        if self.run_dir:
+            run_dir = Path(self.run_dir)
+        elif rank != 0 and RUN_DIR_ENV in os.environ:
+            run_dir = Path(os.environ[RUN_DIR_ENV])
+        else:
+            run_dir = default_run_dir(self.data_name, f"{self.method}-pretrain")
+        if rank == 0:
+            check_run_dir(run_dir, resume=resume)
         start_from = resume_checkpoint(run_dir) if resume else None
         if start_from is not None:
             check_checkpoint(start_from)  # damaged or foreign: refused before any work
@@ -240,14 +254,19 @@ class Pretrainer:
         pre = self.preprocessor_
         self.module_ = spec.build(pre, schema, self.model, self.optim)
 
-        self.claim_ = claim_run_dir(run_dir, resume=resume)
-        self.run_dir_ = self.claim_.path
-        pending = write_records(self.run_dir_, record, resume=resume)
-        records = {"schema.json": schema.to_dict(),
-                   "data_summary.json": {"train_rows": len(train_batch), "val_rows": 0 if val_batch is None else len(val_batch)}}
-        if not (resume and saved.exists()):
-            records["preprocessor.json"] = pre.state_dict()
-        write_records(self.run_dir_, records, resume=False)
+        pending: dict[str, str] = {}
+        if rank != 0:
+            self.run_dir_ = run_dir
+        else:
+            self.claim_ = claim_run_dir(run_dir, resume=resume)
+            self.run_dir_ = self.claim_.path
+            os.environ[RUN_DIR_ENV] = str(self.run_dir_)
+            pending = write_records(self.run_dir_, record, resume=resume)
+            records = {"schema.json": schema.to_dict(),
+                       "data_summary.json": {"train_rows": len(train_batch), "val_rows": 0 if val_batch is None else len(val_batch)}}
+            if not (resume and saved.exists()):
+                records["preprocessor.json"] = pre.state_dict()
+            write_records(self.run_dir_, records, resume=False)
 
         earlier_log = read_log(self.run_dir_ / "metrics.csv") if resume else None
         trainer = build_trainer(self.run_dir_, self.trainer, seed=self.seed, loggers=self.loggers, experiment=self.data_name,
@@ -258,11 +277,13 @@ class Pretrainer:
         start = time.perf_counter()
         run_fit(trainer, self.module_, train_loader, val_loader, self.run_dir_, start_from)
         self.fit_seconds_ = time.perf_counter() - start
+        self.checkpoint_ = self.run_dir_ / "checkpoints" / "last.ckpt"
+        self.metrics_ = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if rank != 0:
+            return self
         if earlier_log is not None:
             merge_log(self.run_dir_ / "metrics.csv", earlier_log)
         update_records(self.run_dir_, pending)
-        self.checkpoint_ = self.run_dir_ / "checkpoints" / "last.ckpt"
-        self.metrics_ = {k: float(v) for k, v in trainer.callback_metrics.items()}
         write_json(self.run_dir_ / "metrics.json", {"fit_seconds": self.fit_seconds_, "last_epoch": self.metrics_})
         return self
 

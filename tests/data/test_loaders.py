@@ -67,7 +67,7 @@ def _check_bundle(bundle, sizes=None):
 
 
 def test_registry_lists_the_five_sets():
-    assert list_datasets() == ["av_digits", "coco_mini", "covid_cxr", "mnist5k", "physionet2012"]
+    assert list_datasets() == ["av_digits", "coco_mini", "covid_cxr", "emoji", "mnist5k", "physionet2012"]
 
 
 def test_mnist5k_5000_images_500_per_digit_stratified(mnist, root):

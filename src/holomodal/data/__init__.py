@@ -30,7 +30,7 @@ def load_dataset(name: str, root: str | Path | None = None, **options: Any) -> D
 
 
 # imported for their registration side effect, after the names they import exist
-from holomodal.data import av_digits, coco_mini, covid_cxr, mnist5k, physionet2012  # noqa: E402,F401
+from holomodal.data import av_digits, coco_mini, covid_cxr, emoji, mnist5k, physionet2012  # noqa: E402,F401
 
 __all__ = [
     "DatasetBundle", "cache_dir", "list_datasets", "load_dataset", "register_dataset", "resolve_data_root",

@@ -57,6 +57,11 @@ class ImageProcessor:
 
     def _fitted(self, img: Image.Image) -> np.ndarray:
         """uint8 (C, S, S) of a decoded image."""
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            # transparent pixels keep whatever colour lies under alpha 0 (black in most PNGs);
+            # laid on white, they look as a viewer shows them
+            rgba = img.convert("RGBA")
+            img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
         img = img.convert("L" if self.channels == 1 else "RGB")
         if img.size != (self.size, self.size):
             img = ImageOps.fit(img, (self.size, self.size), Image.Resampling.BILINEAR)
