@@ -28,7 +28,6 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from holomodal.batch import Batch
 from holomodal.errors import DataError, HolomodalError, RunFolderError
@@ -40,8 +39,8 @@ from holomodal.methods.semi_supervised.base import HIDDEN_TARGET, is_semi_superv
 from holomodal.missingness import MissingnessPlan
 from holomodal.preprocessing import Preprocessor
 from holomodal.runs import (
-    check_run_dir, claim_run_dir, default_run_dir, install_folder, jsonable, resume_checkpoint, stale_staging,
-    staging_folder, write_bytes_durably, writing,
+    check_run_dir, claim_run_dir, install_folder, jsonable, process_run_dir, resume_checkpoint, share_run_dir,
+    stale_staging, staging_folder, write_bytes_durably, writing,
 )
 from holomodal.safe_load import (
     DamagedFileError, check_checkpoint, load_checkpoint, load_safetensors, read_json, require_keys,
@@ -58,7 +57,6 @@ FORMAT_VERSION = 1
 DEFAULT_EARLY_STOPPING = {"patience": 10, "min_delta": 0.0002}
 # metrics for which smaller is better; every other monitored metric is maximised
 LOWER_IS_BETTER = ("rmse", "mae", "loss")
-RUN_DIR_ENV = "HOLOMODAL_RUN_DIR"
 MODEL_DIR = "model"
 MEMBERS_DIR = "members"  # an ensemble's members' run folders, inside its own
 log = logging.getLogger("holomodal")
@@ -247,13 +245,7 @@ class Classifier:
         Preprocessor(self.schema).check_labels(train, val=val)
         # under DDP every process runs fit(); only global rank 0 owns the run folder, and the
         # processes it launches inherit the folder's name through the environment
-        rank = int(getattr(rank_zero_only, "rank", 0))
-        if self.run_dir:
-            run_dir = Path(self.run_dir)
-        elif rank != 0 and RUN_DIR_ENV in os.environ:
-            run_dir = Path(os.environ[RUN_DIR_ENV])
-        else:
-            run_dir = default_run_dir(self.data_name, self.method)
+        rank, run_dir = process_run_dir(self.run_dir, self.data_name, self.method)
         if rank == 0:
             check_run_dir(run_dir, resume=resume)
         start_from = self._resume_checkpoint(run_dir) if resume else None
@@ -292,7 +284,7 @@ class Classifier:
             # one atomic create-or-fail step: of two processes given one run.dir, one wins
             self.claim_ = claim_run_dir(run_dir, resume=resume)
             self.run_dir_ = self.claim_.path
-            os.environ[RUN_DIR_ENV] = str(self.run_dir_)
+            share_run_dir(self.run_dir_)
             pending = self._write_run_record(record, train_summary, val_summary, resume)
 
         if self.fits_directly:
@@ -389,7 +381,7 @@ class Classifier:
                 params = {**self.get_params(), "method": spec["method"], "model": dict(spec.get("model") or {})}
                 child = Classifier(self.schema, **params, run_dir=self.run_dir_ / MEMBERS_DIR / name)
                 members[name] = child.fit(train, val)
-                os.environ[RUN_DIR_ENV] = str(self.run_dir_)  # the member's fit named its own folder there
+                share_run_dir(self.run_dir_)  # the member's fit named its own folder there
         mine = json.dumps(self.preprocessor_.state_dict(), sort_keys=True, default=jsonable)
         for name, member in members.items():
             if json.dumps(member.preprocessor_.state_dict(), sort_keys=True, default=jsonable) != mine:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -36,7 +35,9 @@ from holomodal.config import to_container
 from holomodal.errors import ConfigError, DataError, HolomodalError
 from holomodal.loading import make_loader
 from holomodal.preprocessing import Preprocessor
-from holomodal.runs import check_run_dir, claim_run_dir, default_run_dir, resume_checkpoint, write_json
+from holomodal.runs import (
+    check_run_dir, claim_run_dir, process_run_dir, resume_checkpoint, share_run_dir, write_json,
+)
 from holomodal.safe_load import check_checkpoint
 from holomodal.schema import Column, Modality, Schema
 from holomodal.training import (
@@ -223,19 +224,7 @@ class Pretrainer:
         check_loggers(self.loggers)
         spec = self.method_spec
         schema = spec.restrict(self.schema, self.model)
-        from lightning.pytorch.utilities.rank_zero import rank_zero_only
-
-        from holomodal.estimator import RUN_DIR_ENV
-
-        # under DDP every process runs fit(); only global rank 0 owns the run folder, and the
-        # processes it launches inherit the folder's name through the environment
-        rank = int(getattr(rank_zero_only, "rank", 0))
-        if self.run_dir:
-            run_dir = Path(self.run_dir)
-        elif rank != 0 and RUN_DIR_ENV in os.environ:
-            run_dir = Path(os.environ[RUN_DIR_ENV])
-        else:
-            run_dir = default_run_dir(self.data_name, f"{self.method}-pretrain")
+        rank, run_dir = process_run_dir(self.run_dir, self.data_name, f"{self.method}-pretrain")
         if rank == 0:
             check_run_dir(run_dir, resume=resume)
         start_from = resume_checkpoint(run_dir) if resume else None
@@ -260,7 +249,7 @@ class Pretrainer:
         else:
             self.claim_ = claim_run_dir(run_dir, resume=resume)
             self.run_dir_ = self.claim_.path
-            os.environ[RUN_DIR_ENV] = str(self.run_dir_)
+            share_run_dir(self.run_dir_)
             pending = write_records(self.run_dir_, record, resume=resume)
             records = {"schema.json": schema.to_dict(),
                        "data_summary.json": {"train_rows": len(train_batch), "val_rows": 0 if val_batch is None else len(val_batch)}}

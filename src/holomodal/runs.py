@@ -50,6 +50,28 @@ def default_run_dir(data_name: str | None, method: str) -> Path:
     return path
 
 
+# the run folder rank 0 claimed, inherited by the DDP processes it launches
+RUN_DIR_ENV = "HOLOMODAL_RUN_DIR"
+
+
+def process_run_dir(given: str | Path | None, data_name: str | None, method: str) -> tuple[int, Path]:
+    """(global rank, run folder) of this process. Under DDP every process runs ``fit()``; only
+    rank 0 owns the folder (it checks and claims it, then :func:`share_run_dir`), and the
+    others take the name it shares through the environment."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    rank = int(getattr(rank_zero_only, "rank", 0))
+    if given:
+        return rank, Path(given)
+    if rank != 0 and RUN_DIR_ENV in os.environ:
+        return rank, Path(os.environ[RUN_DIR_ENV])
+    return rank, default_run_dir(data_name, method)
+
+
+def share_run_dir(path: Path) -> None:
+    os.environ[RUN_DIR_ENV] = str(path)
+
+
 def resume_checkpoint(path: str | Path) -> Path | None:
     """The checkpoint a resume starts from: ``last.ckpt``, else ``best.ckpt`` (the disk may
     have filled before the first ``last.ckpt`` was written); None when there is neither."""

@@ -172,6 +172,23 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any
 
 
 # ---- safetensors and JSON -------------------------------------------------------------------------
+def checkpoint_record(path: Path, key: str, what: str) -> tuple[dict[str, Any], Any]:
+    """(checkpoint, the JSON record holomodal stored under ``key``) of a pre-training checkpoint."""
+    ckpt = load_checkpoint(path, f"{what} checkpoint")
+    if key not in ckpt:
+        raise DataError(f"'{path}' is not a holomodal {what} checkpoint")
+    try:
+        return ckpt, json.loads(ckpt[key])
+    except (TypeError, ValueError) as exc:
+        raise DamagedFileError(path, f"its {what} record is not valid JSON ({exc})") from None
+
+
+def checkpoint_weights(path: Path, ckpt: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(ckpt.get("state_dict"), dict):
+        raise DamagedFileError(path, "it holds no weights ('state_dict')")
+    return ckpt["state_dict"]
+
+
 def load_safetensors(path: str | Path, what: str = "weights file") -> dict[str, torch.Tensor]:
     """Tensors of a safetensors file (a format that holds no code), on the CPU."""
     from safetensors import SafetensorError

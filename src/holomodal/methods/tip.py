@@ -261,23 +261,15 @@ def checkpoint_file(path: str | Path) -> Path:
 def read_pretrained(path: str | Path, *, weights: bool = False) -> dict[str, Any]:
     """The record of a pre-training checkpoint (``backbone``, ``preprocessor``, ``losses``)
     and, with ``weights``, its ``state_dict``."""
-    from holomodal.safe_load import DamagedFileError, load_checkpoint
+    from holomodal.safe_load import DamagedFileError, checkpoint_record, checkpoint_weights
 
     p = checkpoint_file(path)
     # weights-only whatever the environment says: a model.checkpoint may come from anywhere
-    ckpt = load_checkpoint(p, "TIP pre-training checkpoint")
-    if CHECKPOINT_KEY not in ckpt:
-        raise DataError(f"'{p}' is not a holomodal TIP pre-training checkpoint")
-    try:
-        record = json.loads(ckpt[CHECKPOINT_KEY])
-    except (TypeError, ValueError) as exc:
-        raise DamagedFileError(p, f"its TIP record is not valid JSON ({exc})") from None
+    ckpt, record = checkpoint_record(p, CHECKPOINT_KEY, "TIP pre-training")
     if not isinstance(record, dict) or "backbone" not in record:
         raise DamagedFileError(p, "its TIP record lacks the backbone's architecture")
     if weights:
-        if not isinstance(ckpt.get("state_dict"), dict):
-            raise DamagedFileError(p, "it holds no weights ('state_dict')")
-        record["state_dict"] = ckpt["state_dict"]
+        record["state_dict"] = checkpoint_weights(p, ckpt)
     return record
 
 

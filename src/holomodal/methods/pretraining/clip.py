@@ -36,24 +36,16 @@ def read_clip_run(path: str | Path, *, weights: bool = False) -> dict[str, Any]:
     """The record of a CLIP pre-training run folder or checkpoint: ``backbone`` (the record
     :class:`CLIPBackbone` builds from), ``image``, ``text``, and with ``weights`` the
     open_clip model's ``backbone_state``. Read without unpickling code."""
-    from holomodal.safe_load import DamagedFileError, load_checkpoint
+    from holomodal.safe_load import checkpoint_record, checkpoint_weights
 
     p = Path(path)
     if p.is_dir():
         p = p / "checkpoints" / "last.ckpt"
     if not p.is_file():
         raise DataError(f"no CLIP pre-training checkpoint at '{p}' (give a 'holomodal pretrain ... method=clip' run folder)")
-    ckpt = load_checkpoint(p, "CLIP pre-training checkpoint")
-    if CHECKPOINT_KEY not in ckpt:
-        raise DataError(f"'{p}' is not a holomodal CLIP pre-training checkpoint (was it pre-trained with method=clip?)")
-    try:
-        record = json.loads(ckpt[CHECKPOINT_KEY])
-    except (TypeError, ValueError) as exc:
-        raise DamagedFileError(p, f"its CLIP record is not valid JSON ({exc})") from None
+    ckpt, record = checkpoint_record(p, CHECKPOINT_KEY, "CLIP pre-training")
     if weights:
-        state = ckpt.get("state_dict")
-        if not isinstance(state, dict):
-            raise DamagedFileError(p, "it holds no weights ('state_dict')")
+        state = checkpoint_weights(p, ckpt)
         record["backbone_state"] = {k[len(BACKBONE_PREFIX):]: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
     return record
 
