@@ -345,7 +345,8 @@ def _print_check(path: str, summary: dict[str, Any]) -> None:
         print(f"not in the schema (ignored): {', '.join(summary['extra'])}")
 
 
-PREPARERS = ("dvm",)
+PREPARERS = {"dvm": "the DVM-Car release", "mmimdb": "the unpacked mmimdb.tar.gz (dataset/, split.json)",
+             "food101": "UPMC Food-101 (images/, texts/)", "hatefulmemes": "the Hateful Memes release (img/, *.jsonl)"}
 
 
 def _cache(args: argparse.Namespace) -> int:
@@ -391,15 +392,31 @@ def _prepare(args: argparse.Namespace) -> int:
     if args.name not in PREPARERS:
         raise HolomodalError(f"'holomodal data prepare' knows {', '.join(PREPARERS)}, not '{args.name}'")
     if not args.root or not args.out:
-        raise HolomodalError("'holomodal data prepare dvm' needs --root (the DVM-Car release) and --out (a new folder)")
-    from holomodal.data.dvm import prepare_dvm
+        raise HolomodalError(f"'holomodal data prepare {args.name}' needs --root ({PREPARERS[args.name]}) and --out "
+                             "(a new folder)")
+    if args.name == "dvm":
+        from holomodal.data.dvm import prepare_dvm
 
-    summary = prepare_dvm(args.root, args.out, min_adverts=args.min_adverts, image_size=args.image_size or 128)
+        summary = prepare_dvm(args.root, args.out, min_adverts=args.min_adverts, image_size=args.image_size or 128)
+        notes = [] if summary["physical_dimensions"] else [
+            "'Ad_table (extra).csv' was not found, so Wheelbase/Height/Width/Length are left out"]
+        files = summary["missing_image_files"]
+        notes += [f"{files} image file(s) are missing; those rows have no image"] if files else []
+    else:
+        from holomodal.data import image_text_preparers as prep
+
+        size = {"image_size": args.image_size or 224}
+        summary = {"mmimdb": lambda: prep.prepare_mmimdb(args.root, args.out, plots=args.plots, **size),
+                   "food101": lambda: prep.prepare_food101(args.root, args.out, **size),
+                   "hatefulmemes": lambda: prep.prepare_hatefulmemes(args.root, args.out, test=args.test_file, **size),
+                   }[args.name]()
+        files = summary["rows_without_image_file"]
+        notes = [f"{files} row(s) left out: their image file is missing"] if files else []
+        if summary.get("items_without_text"):
+            notes.append(f"{summary['items_without_text']} item(s) without a title left out, as in the papers")
     print(", ".join(f"{k} {v}" for k, v in summary["splits"].items()) + f"; {summary['classes']} classes")
-    if not summary["physical_dimensions"]:
-        print("note: 'Ad_table (extra).csv' was not found, so Wheelbase/Height/Width/Length are left out")
-    if summary["missing_image_files"]:
-        print(f"note: {summary['missing_image_files']} image file(s) are missing; those rows have no image")
+    for note in notes:
+        print(f"note: {note}")
     out = Path(args.out)
     print(f"written to {out}: use data.train={out / 'train.parquet'} data.val={out / 'val.parquet'} "
           f"data.test={out / 'test.parquet'} data.schema={out / 'schema.yaml'}")
@@ -562,7 +579,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--root", help="data folder (default $HOLOMODAL_DATA or ../shared/data); for prepare, the downloaded release")
     data.add_argument("--out", help="prepare: a new folder for the tables and schema; infer: the schema file to write (.yaml)")
     data.add_argument("--min-adverts", type=_whole_number(1), default=100, help="prepare dvm: adverts a car model needs to be a class")
-    data.add_argument("--image-size", type=_whole_number(1), default=None, help="prepare: image side written into the schema (128); cache: the loader's image size")
+    data.add_argument("--image-size", type=_whole_number(1), default=None,
+                      help="prepare: image side written into the schema (dvm 128, the others 224); cache: the loader's image size")
+    data.add_argument("--plots", choices=["each", "first"], default="each",
+                      help="prepare mmimdb: one row per plot summary (the papers' samples) or per movie")
+    data.add_argument("--test-file", choices=["test_seen", "test_unseen"], default="test_seen",
+                      help="prepare hatefulmemes: the labelled test file")
     data.add_argument("--schema", help="check, describe, cache: the schema file of your own data")
     data.add_argument("--table", action="append", help="check, describe, cache: a CSV/parquet table of your own data (repeatable)")
     data.add_argument("--encoding", help="text encoding of CSV tables (default utf-8)")

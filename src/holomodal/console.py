@@ -40,9 +40,10 @@ LIGHTNING_INFO = LIGHTNING_NOTICES + tuple(f"lightning.{name}" for name in (
     "pytorch.trainer.connectors.signal_connector",
 ))
 # warnings that say nothing a holomodal user can act on; each with the reason it is dropped
+# Lightning 2.6 against newer torch: an internal deprecation inside Lightning itself
+LEAFSPEC_DEPRECATION = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
 NOISE = (
-    # Lightning 2.6 against newer torch: an internal deprecation inside Lightning itself
-    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    LEAFSPEC_DEPRECATION,
     # holomodal logs per epoch, so Lightning's per-step logging interval does not matter
     r"The number of training batches \(\d+\) is smaller than the logging interval",
     # in-memory tensors: worker processes would only add start-up time

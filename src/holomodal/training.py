@@ -29,7 +29,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from holomodal.compilation import compile_callbacks
-from holomodal.console import LIGHTNING_NOTICES, interactive, say
+from holomodal.console import LEAFSPEC_DEPRECATION, LIGHTNING_NOTICES, NOISE, interactive, say
 from holomodal.errors import ConfigError, HolomodalError
 from holomodal.runs import CHECKPOINTS, disk_full, is_disk_full, jsonable, write_text
 from holomodal.safe_load import load_checkpoint, unsafe_imports
@@ -350,6 +350,8 @@ def build_trainer(
     # merged back on resume), and a resume finds its checkpoint folder full: both notices are noise
     warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+    # Lightning's own use of a torch API newer torch deprecates: nothing a user can act on
+    warnings.filterwarnings("ignore", message=LEAFSPEC_DEPRECATION)
     cfg = trainer_options(trainer)
     # a bar only where it can redraw itself; elsewhere RunConsole's line an epoch says the same
     bar = bool(cfg.get("enable_progress_bar", True)) and interactive()
@@ -383,12 +385,15 @@ LIGHTNING_NOTICE_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.
 def lightning_notices_off() -> Iterator[None]:
     """Lightning's own notices (devices, "Trainer.fit stopped", restoring a checkpoint) repeat
     what :class:`RunConsole` says: they are off for the duration, unless someone set those
-    loggers' levels (``holomodal -v`` does)."""
+    loggers' levels (``holomodal -v`` does); so are the warnings nobody can act on."""
     unset = [lg for lg in map(logging.getLogger, LIGHTNING_NOTICE_LOGGERS) if lg.level == logging.NOTSET]
     for lg in unset:
         lg.setLevel(logging.WARNING)
     try:
-        yield
+        with warnings.catch_warnings():
+            for pattern in NOISE:
+                warnings.filterwarnings("ignore", message=pattern)
+            yield
     finally:
         for lg in unset:
             lg.setLevel(logging.NOTSET)

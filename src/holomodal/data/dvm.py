@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from holomodal.data.paths import empty_output_folder
 from holomodal.errors import DataError
 
 log = logging.getLogger("holomodal")
@@ -207,9 +208,7 @@ def prepare_dvm(root: str | Path, out: str | Path, *, min_adverts: int = 100, im
     and ``summary.json`` into ``out``; returns the summary."""
     from omegaconf import OmegaConf
 
-    root, out = Path(root).resolve(), Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise DataError(f"will not overwrite '{out}': it already holds files")
+    root, out = Path(root).resolve(), empty_output_folder(out)
     table, info = build_table(root, min_adverts=min_adverts)
     image_root = root / "resized_DVM"
     exists = table["image"].map(lambda p: (image_root / p).is_file())

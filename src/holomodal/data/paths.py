@@ -71,3 +71,11 @@ def cache_dir() -> Path:
     """Folder for derived files (e.g. parsed PhysioNet); not created here, writers create it."""
     env = os.environ.get(CACHE_ENV, "")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "holomodal"
+
+
+def empty_output_folder(out: str | Path) -> Path:
+    """The folder a preparer writes into: new or empty, so nothing already there is replaced."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DataError(f"will not overwrite '{out}': it already holds files")
+    return out
