@@ -24,7 +24,10 @@ import time
 from pathlib import Path
 
 RESULTS = Path("benchmarks/results")
-METHODS = ("clip_baseline", "mmp", "dcp", "clip_finetune")
+METHODS = ("clip_baseline", "mmp", "dcp", "clip_finetune", "mmp_image_text", "mmp_length4")
+# MMP variants, each a method plus options: prompts on both towers, and the prompt sequence
+# scaled to the tiny CLIP (6 x 4 = 24 prompts beside 64 patches, as 96 beside ViT-B/16's 196)
+VARIANTS = {"mmp_image_text": ("mmp", ["model.sides=[image,text]"]), "mmp_length4": ("mmp", ["model.length=4"])}
 METRIC = {"emoji": "accuracy", "coco_mini": "f1_macro"}
 # the test conditions besides the training one, each a missingness plan for the test split
 TESTS = {"eta 70 %": ["modality:0.7:both"], "eta 50 %": ["modality:0.5:both"], "eta 90 %": ["modality:0.9:both"],
@@ -59,8 +62,9 @@ def one_run(data: str, method: str, seed: int, clip: Path, root: Path, epochs: i
     from holomodal.experiment import load_splits, run_training
 
     run = root / f"{data}-{method}-{seed}"
-    overrides = DATA[data]["train"] + METHOD_OVERRIDES.get(method, []) + [
-        f"method={method}", f"seed={seed}", f"clip={clip}", f"run.dir={run}", "run.loggers=[csv]",
+    base, options = VARIANTS.get(method, (method, []))
+    overrides = DATA[data]["train"] + METHOD_OVERRIDES.get(method, []) + options + [
+        f"method={base}", f"seed={seed}", f"clip={clip}", f"run.dir={run}", "run.loggers=[csv]",
         "trainer.enable_progress_bar=false"]
     overrides += [f"trainer.max_epochs={epochs}"] if epochs else []
     cfg = load_config(["emoji_dcp"], overrides)
@@ -136,7 +140,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="emoji,coco_mini")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"of {', '.join(METHODS)}")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the config's 20)")
     parser.add_argument("--clip-epochs", type=int, default=None, help="CLIP pre-training epochs (default: the config's)")
     parser.add_argument("--runs", default="runs/bench_image_text", help="folder of the run folders")

@@ -39,7 +39,7 @@ from holomodal.methods.semi_supervised.base import HIDDEN_TARGET, is_semi_superv
 from holomodal.missingness import MissingnessPlan
 from holomodal.preprocessing import Preprocessor
 from holomodal.runs import (
-    check_run_dir, claim_run_dir, install_folder, jsonable, process_run_dir, resume_checkpoint, share_run_dir,
+    check_run_dir, install_folder, jsonable, process_run_dir, resume_checkpoint, share_run_dir, take_run_dir,
     stale_staging, staging_folder, write_bytes_durably, writing,
 )
 from holomodal.safe_load import (
@@ -277,14 +277,10 @@ class Classifier:
             unlabelled_batch, train_summary["unlabelled"] = self._encode_unlabelled(unlabelled)
         self.model_ = self._build_model()
 
+        self.run_dir_, claim = take_run_dir(rank, run_dir, resume=resume)
         pending: dict[str, str] = {}
-        if rank != 0:
-            self.run_dir_ = run_dir
-        else:
-            # one atomic create-or-fail step: of two processes given one run.dir, one wins
-            self.claim_ = claim_run_dir(run_dir, resume=resume)
-            self.run_dir_ = self.claim_.path
-            share_run_dir(self.run_dir_)
+        if claim is not None:
+            self.claim_ = claim
             pending = self._write_run_record(record, train_summary, val_summary, resume)
 
         if self.fits_directly:

@@ -36,7 +36,7 @@ from holomodal.errors import ConfigError, DataError, HolomodalError
 from holomodal.loading import make_loader
 from holomodal.preprocessing import Preprocessor
 from holomodal.runs import (
-    check_run_dir, claim_run_dir, process_run_dir, resume_checkpoint, share_run_dir, write_json,
+    check_run_dir, process_run_dir, resume_checkpoint, take_run_dir, write_json,
 )
 from holomodal.safe_load import check_checkpoint
 from holomodal.schema import Column, Modality, Schema
@@ -243,13 +243,10 @@ class Pretrainer:
         pre = self.preprocessor_
         self.module_ = spec.build(pre, schema, self.model, self.optim)
 
+        self.run_dir_, claim = take_run_dir(rank, run_dir, resume=resume)
         pending: dict[str, str] = {}
-        if rank != 0:
-            self.run_dir_ = run_dir
-        else:
-            self.claim_ = claim_run_dir(run_dir, resume=resume)
-            self.run_dir_ = self.claim_.path
-            share_run_dir(self.run_dir_)
+        if claim is not None:
+            self.claim_ = claim
             pending = write_records(self.run_dir_, record, resume=resume)
             records = {"schema.json": schema.to_dict(),
                        "data_summary.json": {"train_rows": len(train_batch), "val_rows": 0 if val_batch is None else len(val_batch)}}

@@ -311,3 +311,14 @@ def install_folder(tmp: Path, target: Path) -> None:
     fsync_dir(target.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def take_run_dir(rank: int, path: Path, *, resume: bool) -> tuple[Path, RunClaim | None]:
+    """The run folder of this process: global rank 0 claims it (one atomic create-or-fail
+    step, so of two processes given one run.dir one wins) and hands its name to the processes
+    it launches; the others only use it."""
+    if rank != 0:
+        return path, None
+    claim = claim_run_dir(path, resume=resume)
+    share_run_dir(claim.path)
+    return claim.path, claim
