@@ -45,7 +45,7 @@ PYTHON_SOURCE = "the configuration given in Python"
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD, "rmsprop": torch.optim.RMSprop}
 # optim keys the methods' configure_optimizers read themselves, and the schedulers they know
 OWN_OPTIM_KEYS = {"train": ("name", "scheduler", "warmup_epochs", "warmup_fraction"),
-                  "pretrain": ("name", "scheduler", "warmup_epochs")}
+                  "pretrain": ("name", "scheduler", "warmup_epochs", "warmup_fraction")}
 SCHEDULERS = {"train": (None, "none", "cosine", "warmup_cosine", "warmup_linear"), "pretrain": (None, "none", "warmup_cosine")}
 RESERVED_OPTIM = {"params": "holomodal passes the model's parameters", "fused": "holomodal turns it on for CUDA itself"}
 FUSED = ("adam", "adamw")  # build_optimizer sets fused=True on CUDA for these
@@ -249,8 +249,9 @@ class _Checker:
         name = self.cfg.get("method")
         self.choice("method", name, PRETRAINING.list() if mode == "pretrain" else METHODS.list(),
                     "pre-training method" if mode == "pretrain" else "method")
-        if mode == "pretrain" and name not in METHODS:
-            # a pre-training method without a classifier of its name lists its own options
+        if mode == "pretrain" and (name not in METHODS or getattr(PRETRAINING.get(name), "model_options", None)):
+            # a pre-training method that lists its own options (or has no classifier of its
+            # name) is checked against those
             self.keys("model", self.section("model", self.cfg.get("model")), list(PRETRAINING.get(name).model_options),
                       f"pre-training method '{name}'")
             return

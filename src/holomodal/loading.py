@@ -68,6 +68,50 @@ def make_loader(split: Batch, batch_size: int, *, shuffle: bool, seed: int = 0, 
     )
 
 
+class SequenceDataset(Dataset):
+    """Sequences of rows of an encoded split (a patient's studies in time order): an item is
+    one sequence, a batch their rows one after the other, with ``extras["sequence"]`` (the
+    sequence's number in the batch, -1 for a sequence of one row, which no temporal loss can
+    use) and ``extras["position"]`` (the row's place in its sequence)."""
+
+    def __init__(self, split: Batch, sequences: list[list[int]]) -> None:
+        self.split, self.sequences = split, sequences
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def __getitem__(self, index: int) -> Batch:
+        return self.__getitems__([index])
+
+    def __getitems__(self, indices: list[int]) -> Batch:
+        rows, number, position = [], [], []
+        multi = 0
+        for i in indices:
+            seq = self.sequences[i]
+            rows.extend(seq)
+            number.extend([multi if len(seq) > 1 else -1] * len(seq))
+            position.extend(range(len(seq)))
+            multi += len(seq) > 1
+        batch = self.split.select(rows)
+        batch.extras["sequence"] = torch.tensor(number, dtype=torch.long)
+        batch.extras["position"] = torch.tensor(position, dtype=torch.long)
+        return batch
+
+
+def sequence_loader(split: Batch, sequences: list[list[int]], batch_size: int, *, shuffle: bool, seed: int = 0,
+                    drop_last: bool = False) -> DataLoader:
+    """``batch_size`` sequences a batch (see :class:`SequenceDataset`)."""
+    return DataLoader(
+        SequenceDataset(split, sequences),
+        batch_size=batch_size,
+        sampler=EpochShuffleSampler(len(sequences), seed) if shuffle else None,
+        drop_last=drop_last and len(sequences) > batch_size,
+        collate_fn=_batch_as_is,
+        num_workers=0,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
 # STiL's batches: one labelled row for every seven unlabelled ones
 UNLABELLED_RATIO = 7
 

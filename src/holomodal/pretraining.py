@@ -93,7 +93,8 @@ class PretrainingMethod:
             def build(self, preprocessor, schema, model, optim): return MyModule(...)
 
     Override :meth:`restrict` and :meth:`select` for methods that use only some columns
-    or rows, and ``checkpoint`` for other checkpoint names."""
+    or rows, :meth:`prepare`, :meth:`encode` and :meth:`loader` for methods that regroup the
+    rows (MedST's studies over time), and ``checkpoint`` for other checkpoint names."""
 
     # ModelCheckpoint options of a checkpoint besides last.ckpt (which fine-tuning starts
     # from, written every epoch), or None
@@ -104,9 +105,21 @@ class PretrainingMethod:
         """The schema of the columns that take part."""
         return schema
 
+    def prepare(self, frame: pd.DataFrame, schema: Schema, model: dict[str, Any]) -> tuple[pd.DataFrame, Schema]:
+        """The rows and schema pre-training sees (methods that regroup rows, such as
+        studies over time, override this)."""
+        return frame, self.restrict(schema, model)
+
     def select(self, batch: Batch, schema: Schema) -> Batch:
         """The encoded rows that take part."""
         return batch
+
+    def encode(self, preprocessor: Preprocessor, frame: pd.DataFrame, schema: Schema) -> Batch:
+        batch, _ = preprocessor.transform(frame, with_target=False)
+        return self.select(batch, schema)
+
+    def loader(self, batch: Batch, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last: bool = False) -> Any:
+        return make_loader(batch, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
 
     def build(self, preprocessor: Preprocessor, schema: Schema, model: dict[str, Any],
               optim: dict[str, Any]) -> L.LightningModule:
@@ -172,6 +185,68 @@ class CLIPPretrainingMethod(PretrainingMethod):
                                optim=optim, preprocessor=preprocessor.state_dict())
 
 
+@register_pretraining("medst")
+class MedSTPretrainingMethod(PretrainingMethod):
+    """MedST on studies over time: the schema's group, time and view columns turn image rows
+    into studies (:mod:`holomodal.studies`: frontal image, its study's lateral, the report);
+    the studies with a frontal image and a report take part, a batch is ``batch_size`` of a
+    patient's time-ordered sequences; see
+    :class:`holomodal.methods.pretraining.medst.MedSTPretraining`."""
+
+    model_options = ("image", "text", "embed_dim", "hidden_dim", "loss_weights", "temperatures", "sequence_length",
+                     "bidirectional", "image_column", "text_column")
+
+    def __init__(self) -> None:
+        self.sequence_length = 4
+
+    def prepare(self, frame: pd.DataFrame, schema: Schema, model: dict[str, Any]) -> tuple[pd.DataFrame, Schema]:
+        from holomodal.studies import build_studies
+
+        unknown = sorted(set(model) - set(self.model_options))
+        if unknown:
+            raise ConfigError(f"medst pre-training has no model option(s) {unknown} ({', '.join(self.model_options)})")
+        self.sequence_length = int(model.get("sequence_length", 4))
+        studies = build_studies(frame, schema, image=model.get("image_column"), text=model.get("text_column"),
+                                length=self.sequence_length)
+        log.info("studies: %s", studies.summary)
+        return studies.frame, studies.schema
+
+    def _columns(self, schema: Schema) -> tuple[str, str, str]:
+        from holomodal.studies import lateral_name
+
+        lateral = lateral_name(schema)
+        frontal = next(c.name for c in schema.of(Modality.IMAGE) if c.name != lateral)
+        return frontal, lateral, schema.of(Modality.TEXT)[0].name
+
+    def encode(self, preprocessor: Preprocessor, frame: pd.DataFrame, schema: Schema) -> Batch:
+        from holomodal.studies import GROUP_CODE, STUDY_CODE, TIME_VALUE
+
+        batch, _ = preprocessor.transform(frame, with_target=False)
+        for key in (GROUP_CODE, STUDY_CODE):
+            batch.extras[key] = torch.as_tensor(frame[key].to_numpy(), dtype=torch.long)
+        batch.extras[TIME_VALUE] = torch.as_tensor(frame[TIME_VALUE].to_numpy(), dtype=torch.float64)
+        frontal, _, text = self._columns(schema)
+        pairs = batch.present[frontal] & batch.present[text]  # every MedST loss pairs an image with its report
+        return batch.select(torch.nonzero(pairs).flatten())
+
+    def loader(self, batch: Batch, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last: bool = False) -> Any:
+        from holomodal.loading import sequence_loader
+        from holomodal.studies import study_sequences
+
+        table = pd.DataFrame({k: v.numpy() for k, v in batch.extras.items() if v.ndim == 1})
+        sequences = study_sequences(table, self.sequence_length)
+        return sequence_loader(batch, sequences, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
+
+    def build(self, preprocessor: Preprocessor, schema: Schema, model: dict[str, Any],
+              optim: dict[str, Any]) -> L.LightningModule:
+        from holomodal.methods.pretraining.medst import MedSTPretraining
+
+        frontal, lateral, text = self._columns(schema)
+        options = {k: v for k, v in model.items() if k not in ("image_column", "text_column")}
+        return MedSTPretraining(preprocessor.input_specs, frontal, lateral, text, model=options, optim=optim,
+                                preprocessor=preprocessor.state_dict())
+
+
 # the registered names when this module was imported; PRETRAINING.list() is always current
 PRETRAINING_METHODS = tuple(PRETRAINING.list())
 
@@ -213,8 +288,7 @@ class Pretrainer:
         self.compile = compile
 
     def _encode(self, frame: pd.DataFrame, schema: Schema) -> Batch:
-        batch, _ = self.preprocessor_.transform(frame, with_target=False)
-        return self.method_spec.select(batch, schema)
+        return self.method_spec.encode(self.preprocessor_, frame, schema)
 
     def fit(self, frame: pd.DataFrame, val: pd.DataFrame | None = None, *, record: dict[str, Any] | None = None,
             resume: bool = False) -> "Pretrainer":
@@ -223,7 +297,9 @@ class Pretrainer:
         ``trainer.max_epochs``), with the preprocessing that run fitted."""
         check_loggers(self.loggers)
         spec = self.method_spec
-        schema = spec.restrict(self.schema, self.model)
+        frame, schema = spec.prepare(frame, self.schema, self.model)
+        if val is not None:
+            val, _ = spec.prepare(val, self.schema, self.model)
         rank, run_dir = process_run_dir(self.run_dir, self.data_name, f"{self.method}-pretrain")
         if rank == 0:
             check_run_dir(run_dir, resume=resume)
@@ -258,8 +334,8 @@ class Pretrainer:
         trainer = build_trainer(self.run_dir_, self.trainer, seed=self.seed, loggers=self.loggers, experiment=self.data_name,
                                 compile=self.compile, checkpoint=None if spec.checkpoint is None else dict(spec.checkpoint))
         # the matching loss needs two pairs per batch, hence drop_last
-        train_loader = make_loader(train_batch, self.batch_size, shuffle=True, seed=self.seed, drop_last=True)
-        val_loader = None if val_batch is None or len(val_batch) < spec.min_rows else make_loader(val_batch, self.batch_size * 2, shuffle=False)
+        train_loader = spec.loader(train_batch, self.batch_size, shuffle=True, seed=self.seed, drop_last=True)
+        val_loader = None if val_batch is None or len(val_batch) < spec.min_rows else spec.loader(val_batch, self.batch_size * 2, shuffle=False)
         start = time.perf_counter()
         run_fit(trainer, self.module_, train_loader, val_loader, self.run_dir_, start_from)
         self.fit_seconds_ = time.perf_counter() - start

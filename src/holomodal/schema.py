@@ -36,6 +36,8 @@ class Modality(str, Enum):
     LABEL = "label"
     ID = "id"
     GROUP = "group"
+    TIME = "time"
+    VIEW = "view"
 
 
 class Task(str, Enum):
@@ -47,6 +49,30 @@ class Task(str, Enum):
 
 TABULAR_MODALITIES = (Modality.CATEGORICAL, Modality.CONTINUOUS)
 FILE_MODALITIES = (Modality.IMAGE, Modality.AUDIO)
+
+
+def time_values(values: pd.Series, column: str) -> np.ndarray:
+    """A time column as float days (numbers are taken as they are; dates become days since
+    1970-01-01); blank cells are NaN. Values that are neither name their rows."""
+    if pd.api.types.is_datetime64_any_dtype(values):
+        dates = values
+    else:
+        numbers = pd.to_numeric(values, errors="coerce")
+        blank = values.isna() | (values.astype(str).str.strip() == "")
+        if not (numbers.isna() & ~blank).any():
+            out = numbers.to_numpy(dtype=np.float64)
+            if not np.isfinite(out[~blank.to_numpy()]).all():
+                bad = ~np.isfinite(out) & ~blank.to_numpy()
+                raise SchemaError(f"time column '{column}': infinite value(s) in row(s) {row_list(values.index[bad])}")
+            return out
+        dates = pd.to_datetime(values.where(~blank), errors="coerce", format="mixed")
+        bad = (dates.isna() & ~blank).to_numpy()
+        if bad.any():
+            raise SchemaError(f"time column '{column}' holds values that are neither numbers nor dates (e.g. "
+                              f"{values[bad].iloc[0]!r}) in row(s) {row_list(values.index[bad])}")
+    stamps = dates.to_numpy(dtype="datetime64[ns]")
+    days = (stamps - np.datetime64("1970-01-01", "ns")) / np.timedelta64(1, "D")
+    return np.where(pd.isna(dates).to_numpy(), np.nan, days).astype(np.float64)
 
 
 @dataclass
@@ -61,6 +87,10 @@ class Column:
         array of rows ``(time_in_hours, channel_index, value)``.
       label: ``task`` (binary / multiclass / multilabel / regression), ``classes`` (optional,
         in order; not for regression).
+      time: none; cells hold numbers (days, or any unit) or dates, ordering the rows of a
+        ``group`` (a patient's studies): rows sharing group and time are one study.
+      view: ``frontal`` and ``lateral``, the cell values of each view (e.g. ``[PA, AP]`` and
+        ``[L, LL, LATERAL]``); other values are neither view.
     """
 
     name: str
@@ -124,6 +154,23 @@ class Schema:
             raise SchemaError(f"allow_outside_root must be true or false, not {self.allow_outside_root!r}")
         if isinstance(self.max_image_pixels, bool) or not isinstance(self.max_image_pixels, int) or self.max_image_pixels < 1:
             raise SchemaError(f"max_image_pixels must be a positive whole number, not {self.max_image_pixels!r}")
+        for modality in (Modality.TIME, Modality.VIEW):
+            found = [c.name for c in self.columns if c.modality == modality]
+            if len(found) > 1:
+                raise SchemaError(f"the schema declares {len(found)} {modality.value} columns ({', '.join(found)}); "
+                                  "at most one is allowed")
+        for col in self.of(Modality.VIEW):
+            views = {k: col.options.get(k) for k in ("frontal", "lateral")}
+            bad = [k for k, v in views.items() if not (isinstance(v, (list, tuple)) and v and all(isinstance(x, str) for x in v))]
+            if bad:
+                raise SchemaError(f"view column '{col.name}': option '{bad[0]}' must list the cell values of that view "
+                                  "(e.g. frontal: [PA, AP], lateral: [L, LATERAL])")
+            both = sorted(set(views["frontal"]) & set(views["lateral"]))
+            if both:
+                raise SchemaError(f"view column '{col.name}': {both} listed as both frontal and lateral")
+        if self.of(Modality.TIME, Modality.VIEW) and self.group_column() is None:
+            raise SchemaError("time and view columns order and pair the rows of a group: the schema needs a group column "
+                              "(e.g. the patient)")
         task = self.label.options.get("task", Task.MULTICLASS.value)
         try:
             Task(task)
@@ -190,6 +237,14 @@ class Schema:
 
     def group_column(self) -> Column | None:
         found = self.of(Modality.GROUP)
+        return found[0] if found else None
+
+    def time_column(self) -> Column | None:
+        found = self.of(Modality.TIME)
+        return found[0] if found else None
+
+    def view_column(self) -> Column | None:
+        found = self.of(Modality.VIEW)
         return found[0] if found else None
 
     # ---- (de)serialisation -------------------------------------------------------------
@@ -282,6 +337,8 @@ class Schema:
             if bad_rows:
                 first = bad_rows[0]
                 self._refuse_nonfinite(col, df.index[bad_rows], arrays[first][flags[first]][0])
+        for col in self.of(Modality.TIME):
+            time_values(df[col.name], col.name)  # numbers or dates, else an error naming the rows
         for col in self.of(*FILE_MODALITIES, Modality.TEXT):
             values = df[col.name]
             if col.modality == Modality.IMAGE and col.options.get("source") == "array":

@@ -15,6 +15,10 @@ Rows whose finding is still "todo" have no known finding; for the covid and find
 targets they stay in the table with no label and form the ``unlabelled`` split (for
 self-supervised pre-training), or are dropped with ``unlabelled="drop"``.
 
+With ``studies=True`` the ``offset`` (days since the first symptoms) is the time column and
+``view`` the view column (PA and AP frontal, L lateral) of each patient's studies, for MedST
+pre-training (:mod:`holomodal.studies`) rather than table features.
+
 Columns left out: location, doi, url, license, date and folder (provenance, which
 confounds the labels), extubated (a successful extubation all but states survival), and
 modality (CT vs X-ray, already told by the image being absent and by ``view``).
@@ -35,6 +39,7 @@ CATEGORICAL = ("sex", "view", "intubated", "went_icu", "in_icu", "needed_supplem
 CONTINUOUS = ("age", "offset", "temperature", "pO2_saturation", "leukocyte_count", "neutrophil_count", "lymphocyte_count")
 UNKNOWN_ANSWERS = ("?", "Not visible", "Would have been stated", "")
 TARGETS = ("covid", "finding", "survival")
+STUDY_VIEWS = {"frontal": ["PA", "AP", "AP Supine", "AP erect"], "lateral": ["L"]}
 
 
 def _answers(values: pd.Series) -> pd.Series:
@@ -83,7 +88,8 @@ def grouped_split(groups: np.ndarray, fractions: dict[str, float], seed: int) ->
 
 @register_dataset("covid_cxr")
 def load_covid_cxr(
-    root: Path, seed: int = 0, target: str = "covid", unlabelled: str | None = None, image_size: int = 128
+    root: Path, seed: int = 0, target: str = "covid", unlabelled: str | None = None, image_size: int = 128,
+    studies: bool = False,
 ) -> DatasetBundle:
     choice("covid_cxr", "target", target, TARGETS)
     if unlabelled is None:
@@ -139,11 +145,14 @@ def load_covid_cxr(
     if unlabelled == "split":
         splits["unlabelled"] = np.flatnonzero(~known.to_numpy())
 
+    # studies over time (MedST): the day offset orders a patient's X-rays, the view pairs them
+    time_view = [Column("offset", Modality.TIME), Column("view", Modality.VIEW, STUDY_VIEWS)] if studies else []
+    features = {"offset", "view"} if studies else set()
     schema = Schema(
         [Column("patientid", Modality.GROUP),
-         Column("image", Modality.IMAGE, {"channels": 1, "size": int(image_size)})]
-        + [Column(name, Modality.CATEGORICAL) for name in CATEGORICAL]
-        + [Column(name, Modality.CONTINUOUS) for name in CONTINUOUS]
+         Column("image", Modality.IMAGE, {"channels": 1, "size": int(image_size)}), *time_view]
+        + [Column(name, Modality.CATEGORICAL) for name in CATEGORICAL if name not in features]
+        + [Column(name, Modality.CONTINUOUS) for name in CONTINUOUS if name not in features]
         + [Column("clinical_notes", Modality.TEXT, {"max_length": 96, "vocab_size": 2000}),
            Column("label", Modality.LABEL, {"task": task, "classes": classes})]
     )

@@ -71,13 +71,18 @@ class TextTransformer(Encoder):
             self.model = BertModel(config, add_pooling_layer=False)
         self.output_dim = int(self.model.config.hidden_size)
 
-    def forward(self, inputs: dict[str, Tensor], present: Tensor, cell_missing: Tensor | None = None) -> Tensor:
+    def forward_tokens(self, inputs: dict[str, Tensor], present: Tensor) -> tuple[Tensor, Tensor]:
+        """Every position's last hidden state (B, L, H) and the attention mask it was run
+        with (B, L; the first position always visible, see :meth:`forward`)."""
         ids = mask_absent(inputs["input_ids"], present)
         mask = mask_absent(inputs["attention_mask"], present)
         # an absent or empty text has no tokens at all; keeping the first position visible
         # keeps attention and the mean finite, and the output a constant of the zeroed input
         mask = torch.cat([torch.ones_like(mask[:, :1]), mask[:, 1:]], dim=1)
-        states = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        return self.model(input_ids=ids, attention_mask=mask).last_hidden_state, mask
+
+    def forward(self, inputs: dict[str, Tensor], present: Tensor, cell_missing: Tensor | None = None) -> Tensor:
+        states, mask = self.forward_tokens(inputs, present)
         if self.pooling == "cls":
             return states[:, 0]
         weights = mask.unsqueeze(-1).to(states.dtype)

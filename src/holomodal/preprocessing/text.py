@@ -118,8 +118,9 @@ class TextProcessor:
         self.kind = column.options.get("tokenizer", "wordpiece")
         self.max_length = int(column.options.get("max_length", 64))
         self.vocab_size = int(column.options.get("vocab_size", 2000))
-        if self.kind not in ("wordpiece", "clip"):
-            raise ConfigError(f"column '{column.name}': unknown tokenizer '{self.kind}' (wordpiece, clip)")
+        if not isinstance(self.kind, str) or not self.kind:
+            raise ConfigError(f"column '{column.name}': tokenizer must be wordpiece, clip, or a transformers tokenizer's "
+                              f"name or folder, not {self.kind!r}")
         self.tokenizer_json_: str | None = None
         self._tokenizer: Any = None
 
@@ -162,7 +163,33 @@ class TextProcessor:
             tok.add_special_tokens(specials)
             self.tokenizer_json_ = tok.to_str()
             self._tokenizer = tok
+        elif self.kind != "clip":
+            self._adopt_pretrained_tokenizer()
         return self
+
+    def _adopt_pretrained_tokenizer(self) -> None:
+        """A pretrained BERT-style tokenizer (``emilyalsentzer/Bio_ClinicalBERT``, a local
+        folder) through transformers, kept as its JSON so a saved model needs neither the
+        name nor the network again."""
+        from transformers import AutoTokenizer
+
+        try:
+            loaded = AutoTokenizer.from_pretrained(self.kind)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"column '{self.column.name}': tokenizer '{self.kind}' is neither wordpiece, clip, nor a "
+                              f"transformers tokenizer found locally or online ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0]})") from None
+        backend = getattr(loaded, "backend_tokenizer", None)
+        if backend is None or backend.token_to_id("[CLS]") is None or backend.token_to_id("[SEP]") is None:
+            raise ConfigError(f"column '{self.column.name}': tokenizer '{self.kind}' is not a fast BERT-style tokenizer "
+                              "with [CLS] and [SEP] tokens")
+        if backend.token_to_id("[PAD]") not in (0, None):
+            raise ConfigError(f"column '{self.column.name}': tokenizer '{self.kind}' pads with id "
+                              f"{backend.token_to_id('[PAD]')}; holomodal's text batches pad with 0")
+        backend.no_truncation()
+        backend.no_padding()
+        self.tokenizer_json_ = backend.to_str()
+        self._tokenizer = None
 
     @property
     def tokenizer(self) -> Any:
