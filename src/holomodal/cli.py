@@ -346,7 +346,8 @@ def _print_check(path: str, summary: dict[str, Any]) -> None:
 
 
 PREPARERS = {"dvm": "the DVM-Car release", "mmimdb": "the unpacked mmimdb.tar.gz (dataset/, split.json)",
-             "food101": "UPMC Food-101 (images/, texts/)", "hatefulmemes": "the Hateful Memes release (img/, *.jsonl)"}
+             "food101": "UPMC Food-101 (images/, texts/)", "hatefulmemes": "the Hateful Memes release (img/, *.jsonl)",
+             "mimic_cxr": "MIMIC-CXR-JPG 2.0.0 (files/, mimic-cxr-2.0.0-metadata.csv, -split.csv)"}
 
 
 def _cache(args: argparse.Namespace) -> int:
@@ -402,6 +403,16 @@ def _prepare(args: argparse.Namespace) -> int:
             "'Ad_table (extra).csv' was not found, so Wheelbase/Height/Width/Length are left out"]
         files = summary["missing_image_files"]
         notes += [f"{files} image file(s) are missing; those rows have no image"] if files else []
+    elif args.name == "mimic_cxr":
+        from holomodal.data.mimic_cxr import prepare_mimic_cxr
+
+        summary = prepare_mimic_cxr(args.root, args.out, reports=args.reports, image_size=args.image_size or 224,
+                                    tokenizer=args.tokenizer)
+        notes = [f"{summary['missing_image_files']} image file(s) are missing; those rows have no image"] * bool(
+            summary["missing_image_files"])
+        notes += [f"{summary['dropped_views']} image(s) of neither view left out"] * bool(summary["dropped_views"])
+        notes += [f"{summary['missing_reports']} image(s) without a usable report"] * bool(summary["missing_reports"])
+        notes += [summary["label_note"]] if summary.get("label_note") else []
     else:
         from holomodal.data import image_text_preparers as prep
 
@@ -585,6 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="prepare mmimdb: one row per plot summary (the papers' samples) or per movie")
     data.add_argument("--test-file", choices=["test_seen", "test_unseen"], default="test_seen",
                       help="prepare hatefulmemes: the labelled test file")
+    data.add_argument("--reports", help="prepare mimic_cxr: the sectioned reports CSV (default: mimic_cxr_sectioned.csv in --root)")
+    data.add_argument("--tokenizer", help="prepare mimic_cxr: the reports' tokenizer in the schema (e.g. "
+                                          "emilyalsentzer/Bio_ClinicalBERT; default holomodal's wordpiece)")
     data.add_argument("--schema", help="check, describe, cache: the schema file of your own data")
     data.add_argument("--table", action="append", help="check, describe, cache: a CSV/parquet table of your own data (repeatable)")
     data.add_argument("--encoding", help="text encoding of CSV tables (default utf-8)")

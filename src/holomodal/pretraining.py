@@ -223,8 +223,8 @@ class MedSTPretrainingMethod(PretrainingMethod):
 
         batch, _ = preprocessor.transform(frame, with_target=False)
         for key in (GROUP_CODE, STUDY_CODE):
-            batch.extras[key] = torch.as_tensor(frame[key].to_numpy(), dtype=torch.long)
-        batch.extras[TIME_VALUE] = torch.as_tensor(frame[TIME_VALUE].to_numpy(), dtype=torch.float64)
+            batch.extras[key] = torch.tensor(frame[key].to_numpy(), dtype=torch.long)
+        batch.extras[TIME_VALUE] = torch.tensor(frame[TIME_VALUE].to_numpy(), dtype=torch.float64)
         frontal, _, text = self._columns(schema)
         pairs = batch.present[frontal] & batch.present[text]  # every MedST loss pairs an image with its report
         return batch.select(torch.nonzero(pairs).flatten())

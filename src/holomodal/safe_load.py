@@ -183,6 +183,18 @@ def checkpoint_record(path: Path, key: str, what: str) -> tuple[dict[str, Any], 
         raise DamagedFileError(path, f"its {what} record is not valid JSON ({exc})") from None
 
 
+def run_checkpoint_record(path: str | Path, key: str, what: str, method: str) -> tuple[Path, dict[str, Any], Any]:
+    """(checkpoint file, checkpoint, record) of a pre-training run folder (its
+    ``checkpoints/last.ckpt``) or checkpoint file made by ``holomodal pretrain method=<method>``."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "checkpoints" / "last.ckpt"
+    if not p.is_file():
+        raise DataError(f"no {what} checkpoint at '{p}' (give a 'holomodal pretrain ... method={method}' run folder)")
+    ckpt, record = checkpoint_record(p, key, what)
+    return p, ckpt, record
+
+
 def checkpoint_weights(path: Path, ckpt: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(ckpt.get("state_dict"), dict):
         raise DamagedFileError(path, "it holds no weights ('state_dict')")

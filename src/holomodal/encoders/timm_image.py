@@ -63,6 +63,22 @@ def cached_weights(model_name: str) -> str | None:
     return None
 
 
+def resolve_pretrained(model_name: str, pretrained: bool | str, timm_kwargs: dict[str, Any], who: str) -> bool:
+    """``pretrained`` for ``timm.create_model``: ``auto`` loads weights from the local cache
+    when they are there (pointing ``timm_kwargs`` at the file) and otherwise warns and starts
+    from random ones; never a download."""
+    if pretrained == "auto":
+        cached = cached_weights(model_name)
+        if cached is None:
+            warn_random_init(model_name)
+        else:
+            timm_kwargs.setdefault("pretrained_cfg_overlay", {"file": cached})
+        return cached is not None
+    if not isinstance(pretrained, bool):
+        raise ConfigError(f"{who}: pretrained must be true, false or 'auto', not {pretrained!r}")
+    return pretrained
+
+
 @register_encoder("timm")
 class TimmImageEncoder(Encoder):
     """A timm model with its classifier removed (``num_classes=0``): ``forward`` returns
@@ -96,15 +112,7 @@ class TimmImageEncoder(Encoder):
 
         require(input_spec, "channels", encoder="timm")
         channels = int(input_spec["channels"])
-        if pretrained == "auto":
-            cached = cached_weights(model_name)
-            if cached is None:
-                warn_random_init(model_name)
-            else:
-                timm_kwargs.setdefault("pretrained_cfg_overlay", {"file": cached})
-            pretrained = cached is not None
-        elif not isinstance(pretrained, bool):
-            raise ConfigError(f"timm: pretrained must be true, false or 'auto', not {pretrained!r}")
+        pretrained = resolve_pretrained(model_name, pretrained, timm_kwargs, "timm")
         self.backbone = timm.create_model(model_name, pretrained=pretrained, in_chans=channels, num_classes=0, **timm_kwargs)
         if normalize:
             self.normalize = PixelNormalizer(channels, input_spec.get("mean"), input_spec.get("std"))

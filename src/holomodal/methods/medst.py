@@ -66,6 +66,9 @@ class MedSTClassifier(ClassificationMethod):
         if self.finetune == "linear":
             self.encoder.requires_grad_(False)
             self.encoder.eval()
+        # downstream reads the frontal view alone: the lateral experts get no gradient, which
+        # DDP would refuse as unused parameters
+        self.encoder.lateral_experts.requires_grad_(False)
 
     @staticmethod
     def adopt_pretraining(preprocessor: Any, model: dict[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,6 @@ from torch import Tensor
 
 from holomodal.backbones.clip import CLIPBackbone, CLIPInputs
 from holomodal.batch import Batch
-from holomodal.errors import DataError
 from holomodal.methods.base import FiniteLossGuard, build_optimizer, with_scheduler
 
 CHECKPOINT_KEY = "holomodal_clip"
@@ -36,14 +35,9 @@ def read_clip_run(path: str | Path, *, weights: bool = False) -> dict[str, Any]:
     """The record of a CLIP pre-training run folder or checkpoint: ``backbone`` (the record
     :class:`CLIPBackbone` builds from), ``image``, ``text``, and with ``weights`` the
     open_clip model's ``backbone_state``. Read without unpickling code."""
-    from holomodal.safe_load import checkpoint_record, checkpoint_weights
+    from holomodal.safe_load import checkpoint_weights, run_checkpoint_record
 
-    p = Path(path)
-    if p.is_dir():
-        p = p / "checkpoints" / "last.ckpt"
-    if not p.is_file():
-        raise DataError(f"no CLIP pre-training checkpoint at '{p}' (give a 'holomodal pretrain ... method=clip' run folder)")
-    ckpt, record = checkpoint_record(p, CHECKPOINT_KEY, "CLIP pre-training")
+    p, ckpt, record = run_checkpoint_record(path, CHECKPOINT_KEY, "CLIP pre-training", "clip")
     if weights:
         state = checkpoint_weights(p, ckpt)
         record["backbone_state"] = {k[len(BACKBONE_PREFIX):]: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}

@@ -34,7 +34,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from holomodal.batch import Batch
-from holomodal.errors import DataError
 from holomodal.methods.base import FiniteLossGuard, build_optimizer, with_scheduler
 
 CHECKPOINT_KEY = "holomodal_medst"
@@ -47,14 +46,9 @@ DEFAULT_TEXT = {"hidden_size": 64, "layers": 2, "heads": 2, "intermediate_size":
 def read_medst_run(path: str | Path, *, weights: bool = False) -> dict[str, Any]:
     """The record of a MedST pre-training run folder or checkpoint (columns, model options,
     input specs, preprocessing), with ``weights`` also its ``state_dict``; no code unpickled."""
-    from holomodal.safe_load import checkpoint_record, checkpoint_weights
+    from holomodal.safe_load import checkpoint_weights, run_checkpoint_record
 
-    p = Path(path)
-    if p.is_dir():
-        p = p / "checkpoints" / "last.ckpt"
-    if not p.is_file():
-        raise DataError(f"no MedST pre-training checkpoint at '{p}' (give a 'holomodal pretrain ... method=medst' run folder)")
-    ckpt, record = checkpoint_record(p, CHECKPOINT_KEY, "MedST pre-training")
+    p, ckpt, record = run_checkpoint_record(path, CHECKPOINT_KEY, "MedST pre-training", "medst")
     if weights:
         record["state_dict"] = checkpoint_weights(p, ckpt)
     return record
@@ -175,7 +169,10 @@ class MedSTPretraining(FiniteLossGuard, L.LightningModule):
     def encode_reports(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
         states, _ = self.text_encoder.forward_tokens(batch.inputs[self.text], batch.present[self.text])
         words = states[:, 1:]
-        word_valid = batch.inputs[self.text]["attention_mask"][:, 1:].bool() & batch.present[self.text][:, None]
+        # the words sit between the first ([CLS]) and the last ([SEP]) token of each text
+        length = batch.inputs[self.text]["attention_mask"].sum(dim=1)
+        slots = torch.arange(words.shape[1], device=words.device)
+        word_valid = (slots[None, :] < (length - 2)[:, None]) & batch.present[self.text][:, None]
         return states[:, 0], words, word_valid
 
     def losses(self, batch: Batch) -> dict[str, Tensor]:
