@@ -23,5 +23,6 @@ from holomodal.methods import ensemble  # noqa: E402,F401  (registers)
 from holomodal.methods import semi_supervised  # noqa: E402,F401  (registers stil and its baselines)
 from holomodal.methods import prompting  # noqa: E402,F401  (registers mmp, dcp, clip_baseline, clip_finetune)
 from holomodal.methods import medst  # noqa: E402,F401  (registers)
+from holomodal.methods import dynamic  # noqa: E402,F401  (registers)
 
 __all__ = ["ClassificationMethod", "ModelContext", "create_method", "list_methods", "register_method"]
