@@ -309,6 +309,10 @@ class Classifier:
         if best.exists():
             self.model_.load_state_dict(self._checkpoint_weights(best))
         self.model_.eval()
+        # what a method measures on the training rows with its final weights (DyMo's subset statistics)
+        after_fit = getattr(self.model_, "after_fit", None)
+        if after_fit is not None:
+            after_fit(train_batch)
         self.best_checkpoint_ = str(best) if best.exists() else ""
         if rank == 0:
             self._finish_run(val)

@@ -190,3 +190,27 @@ def test_a_regression_task_is_refused(encoded):
         create_method("dynamic", regression, **SMALL)
     with pytest.raises(ConfigError, match="metric"):
         create_method("dynamic", context, **{**SMALL, "metric": "l1"})
+
+
+def test_subset_statistics_are_measured_after_fit_and_saved(av_digits, tmp_path):
+    """After fit the model holds DyMo's subset statistics; a saved and reloaded model keeps
+    them (they are buffers in its safetensors weights)."""
+    bundle = av_digits
+    clf = Classifier(bundle.schema, method="dynamic", model={"encoders": ENCODERS, "dim": 16, "heads": 2, "depth": 1,
+                                                             "projection_dim": 8},
+                     batch_size=32, trainer={"max_epochs": 1, "enable_progress_bar": False}, run_dir=tmp_path / "run")
+    train = bundle.split("train").sample(200, random_state=0).reset_index(drop=True)
+    clf.fit(train, bundle.split("val").sample(60, random_state=0).reset_index(drop=True))
+    stats = clf.model_.subset_statistics()
+    assert stats.prototypes.shape == (3, 10, 8) and torch.all(stats.scales > 0)
+    torch.testing.assert_close(stats.overall, stats.prototypes.mean(0))
+    # subset 0 (the first modality alone): the prototype of a class is its rows' mean feature
+    batch, _ = clf.preprocessor_.transform(train)
+    usage = torch.zeros(len(batch), 2, dtype=torch.bool)
+    usage[:, 0] = True
+    z = clf.model_.subset_features(batch, usage)
+    rows = batch.target == 3
+    torch.testing.assert_close(stats.prototypes[0, 3], z[rows].mean(0), rtol=1e-4, atol=1e-5)
+    clf.save(tmp_path / "saved")
+    again = Classifier.load(tmp_path / "saved")
+    torch.testing.assert_close(again.model_.subset_statistics().prototypes, stats.prototypes)

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from holomodal.batch import Batch
-from holomodal.errors import ConfigError
+from holomodal.errors import ConfigError, DataError
 from holomodal.methods import register_method
 from holomodal.methods.base import REGRESSION, ClassificationMethod, ModelContext, build_encoders
 from holomodal.schema import Task
@@ -161,6 +161,12 @@ class DynamicSubsetClassifier(ClassificationMethod):
         self.register_buffer("prototype_sum", torch.zeros(context.num_classes, projection_dim), persistent=False)
         self.register_buffer("prototype_count", torch.zeros(context.num_classes), persistent=False)
         self._prototypes_updated_this_epoch = False
+        # DyMo's subset statistics (spec section 6), measured once after training on the
+        # training split and saved with the model's weights (no side file)
+        n_subsets = 2 ** n_modalities - 1
+        self.register_buffer("subset_prototypes", torch.zeros(n_subsets, context.num_classes, projection_dim))
+        self.register_buffer("subset_scales", torch.zeros(n_subsets, context.num_classes))
+        self.register_buffer("subset_statistics_fitted", torch.zeros((), dtype=torch.bool))
 
     # ---- the model ---------------------------------------------------------------------
     def usage_from_present(self, batch: Batch) -> Tensor:
@@ -204,6 +210,41 @@ class DynamicSubsetClassifier(ClassificationMethod):
 
     def forward(self, batch: Batch) -> Tensor:
         return self.forward_subset(batch, self.usage_from_present(batch))[0]
+
+    @torch.no_grad()
+    def after_fit(self, train: Batch, batch_size: int = 256) -> None:
+        """Estimator hook once the best weights are in place: DyMo's subset statistics from
+        the training rows. Subset s is measured on the rows that hold every modality of s
+        (all rows when the data is complete, as in DyMo)."""
+        from holomodal.selection.dymo import SubsetStatistics, all_subsets
+
+        present = self.usage_from_present(train)
+        prototypes, scales = [], []
+        for subset in all_subsets(len(self.modality_order)):
+            rows = torch.nonzero((present | ~subset).all(dim=1)).flatten()
+            device = self.cls_token.device
+            parts = (train.select(rows[i:i + batch_size]).map(lambda t: t.to(device)) for i in range(0, len(rows), batch_size))
+            z = torch.cat([self.subset_features(part, subset.expand(len(part), -1)) for part in parts])
+            names = [m for m, used in zip(self.modality_order, subset.tolist()) if used]
+            try:
+                stats = SubsetStatistics.fit(z[None].cpu(), train.target[rows].cpu(), self.context.num_classes, self.metric)
+            except DataError as err:
+                raise DataError(f"dynamic: the training rows holding {names} leave a class out, so DyMo's statistics "
+                                f"for that subset cannot be measured ({err})") from None
+            prototypes.append(stats.prototypes[0])
+            scales.append(stats.scales[0])
+        self.subset_prototypes.copy_(torch.stack(prototypes))
+        self.subset_scales.copy_(torch.stack(scales))
+        self.subset_statistics_fitted.fill_(True)
+
+    def subset_statistics(self) -> Any:
+        """The measured :class:`~holomodal.selection.dymo.SubsetStatistics` (overall prototypes
+        = their mean over subsets)."""
+        from holomodal.selection.dymo import SubsetStatistics
+
+        if not bool(self.subset_statistics_fitted):
+            raise ConfigError("dynamic: this model has no subset statistics yet (they are measured at the end of fit)")
+        return SubsetStatistics(self.subset_prototypes, self.subset_scales, self.subset_prototypes.mean(0), self.metric)
 
     @torch.no_grad()
     def subset_features(self, batch: Batch, usage: Tensor) -> Tensor:
