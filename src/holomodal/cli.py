@@ -184,13 +184,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result, paths = evaluate_run(
         args.run, args.missing or [], args.rates or parse_rates(None), split=args.split, data=args.data,
         drop=args.drop, n_boot=args.n_boot, seed=args.seed, mask_seeds=args.mask_seeds, encoding=args.encoding,
+        select=args.select, recover=args.recover, calibration=args.calibration,
     )
     for kind, why in result.attrs.get("skipped", {}).items():
         warn(f"skipped '{kind}': {why}")
     with _wide_pandas():
         say(sweep_table(result).to_string())
+        if "selection_records" in result.attrs:
+            from holomodal.evaluation import selection_summary
+
+            say(f"modality selection '{args.select}' (recoverer {args.recover if args.select != 'discard' else 'none'}):")
+            say(pd_frame(selection_summary(result.attrs["selection_records"])).to_string(index=False))
     say("written: " + ", ".join(str(p) for p in paths.values()))
     return 0
+
+
+def pd_frame(rows: list[dict]):
+    import pandas as pd
+
+    return pd.DataFrame(rows)
 
 
 def _wide_pandas():
@@ -555,6 +567,15 @@ def build_parser() -> argparse.ArgumentParser:
                          "metric is the mean over the draws and the interval covers the draw too (default: one "
                          "draw, with the seed training would use)")
     ev.add_argument("--encoding", help="text encoding of a CSV table given with --data (default utf-8)")
+    ev.add_argument("--select", choices=["dymo", "discard", "recover_all"],
+                    help="for a 'dynamic' run, which modalities each row uses: DyMo's reward-driven choice among "
+                         "the observed and recovered ones, the observed ones only, or all; a record per row is "
+                         "written beside the evaluation (evaluation-<time>-selection.csv)")
+    ev.add_argument("--recover", default="nearest", metavar="RECOVERER",
+                    help="how missing modalities are recovered for --select, fitted on the run's training split: "
+                         "nearest (default), iterative (table cells), tip:<pre-training run> (table cells), mopoe")
+    ev.add_argument("--calibration", default="logratio", choices=["logratio", "ratio"],
+                    help="DyMo's calibration of its reward (spec: logratio for the cosine runs, ratio otherwise)")
     ev.set_defaults(func=cmd_evaluate)
 
     pr = sub.add_parser("predict", help="class probabilities for a CSV/parquet file")

@@ -495,11 +495,16 @@ class Classifier:
             raise DataError("this Classifier is not fitted yet: call fit() or Classifier.load()")
 
     @torch.inference_mode()
-    def _probabilities(self, batch: Batch, texts: dict[str, list[str]] | None = None) -> np.ndarray:
+    def _probabilities(self, batch: Batch, texts: dict[str, list[str]] | None = None,
+                       selection: Any = None) -> np.ndarray:
         """Class probabilities (or standardised values) of an encoded ``batch``. ``texts``: the
         raw text of its rows, which a classical model reads; by default the text of the table
-        the preprocessor encoded last, when ``batch`` comes from it."""
-        if self.fits_directly:
+        the preprocessor encoded last, when ``batch`` comes from it. ``selection``: a
+        :class:`~holomodal.selection.inference.ModalitySelection` that chooses each row's
+        modalities (and records its choices)."""
+        if selection is not None:
+            probs = selection.probabilities(self.model_, batch).float().numpy()
+        elif self.fits_directly:
             if texts is None and getattr(self.model_, "uses_text", False):
                 texts = self.preprocessor_.texts_for(batch)
             probs = self.model_.probabilities(batch, texts).float().numpy()
@@ -515,15 +520,53 @@ class Classifier:
                             f"{row_list(np.flatnonzero(bad))}: its weights hold NaN or inf (a diverged training run)")
         return probs
 
-    def predict_proba(self, df: pd.DataFrame, missing: Sequence[str | dict] | None = None, split: str = "test") -> np.ndarray:
-        """Class probabilities (rows x classes); rows may have missing cells and files."""
+    def selection(self, strategy: str = "dymo", recoverer: Any = "nearest", train: pd.DataFrame | None = None, *,
+                  calibration: str = "logratio", temperature: float = 0.1) -> Any:
+        """A :class:`~holomodal.selection.inference.ModalitySelection` for :meth:`predict`
+        (``select=``): ``strategy`` ``dymo`` (DyMo's per-sample choice of recovered
+        modalities), ``discard`` (observed modalities only) or ``recover_all``. ``recoverer``:
+        a fitted recoverer, or the name of one to fit on ``train`` (the training table):
+        ``nearest``, ``iterative``, ``tip:<pre-training run>``, ``mopoe``. Needs a model of
+        method ``dynamic``."""
+        from holomodal.selection.inference import ModalitySelection, build_recoverer, check_selectable
+
         self._check_fitted()
+        check_selectable(self.model_)
+        if strategy == "discard":
+            recoverer = None
+        elif isinstance(recoverer, str):
+            if train is None:
+                raise DataError(f"selection '{strategy}' fits the recoverer '{recoverer}' on the training rows: "
+                                "pass train=<the training table>")
+            train_batch, _ = self._encode(train, "train", None)
+            recoverer = build_recoverer(recoverer, self.model_, self.preprocessor_.input_specs, train_batch)
+        return ModalitySelection(recoverer, strategy, calibration, temperature)
+
+    def _selection_for(self, select: Any, options: dict[str, Any]) -> Any:
+        if select is None:
+            if options:
+                raise DataError(f"{', '.join(sorted(options))} only apply with select=...")
+            return None
+        return self.selection(select, **options) if isinstance(select, str) else select
+
+    def predict_proba(self, df: pd.DataFrame, missing: Sequence[str | dict] | None = None, split: str = "test",
+                      select: Any = None, **selection_options: Any) -> np.ndarray:
+        """Class probabilities (rows x classes); rows may have missing cells and files.
+        ``select``: ``dymo``, ``discard``, ``recover_all`` or a :meth:`selection` (with
+        ``recoverer=`` and ``train=`` for a name); its per-row choices are then in
+        ``selection_records_``."""
+        self._check_fitted()
+        selection = self._selection_for(select, selection_options)
         plan = self._plan_for(missing)
         batch, _ = self._encode(df, split, plan, with_target=False)
-        return self._probabilities(batch)
+        probs = self._probabilities(batch, selection=selection)
+        if selection is not None:
+            self.selection_records_ = selection.records
+        return probs
 
-    def predict(self, df: pd.DataFrame, missing: Sequence[str | dict] | None = None) -> np.ndarray:
-        proba = self.predict_proba(df, missing)
+    def predict(self, df: pd.DataFrame, missing: Sequence[str | dict] | None = None, select: Any = None,
+                **selection_options: Any) -> np.ndarray:
+        proba = self.predict_proba(df, missing, select=select, **selection_options)
         if self.schema.task == Task.REGRESSION:
             return self.preprocessor_.decode_values(proba[:, 0])
         if self.schema.task == Task.MULTILABEL:
@@ -540,14 +583,19 @@ class Classifier:
                             "train with an mifm/lifm spec, or evaluate rvm/rfm/modality instead")
         return plan
 
-    def evaluate(self, df: pd.DataFrame, missing: Sequence[str | dict] | None = None, split: str = "test") -> dict[str, float]:
-        """Metrics (torchmetrics) on a labelled table, optionally under synthetic missingness.
+    def evaluate(self, df: pd.DataFrame, missing: Sequence[str | dict] | None = None, split: str = "test",
+                 select: Any = None, **selection_options: Any) -> dict[str, float]:
+        """Metrics (torchmetrics) on a labelled table, optionally under synthetic missingness
+        and with a modality ``select``-ion as in :meth:`predict_proba`.
 
         A metric the table's labels cannot define (AUROC with one class present, say) is NaN,
         its reason in the result's ``undefined`` mapping and an ``UndefinedMetricWarning``."""
         self._check_fitted()
+        selection = self._selection_for(select, selection_options)
         batch, _ = self._encode(df, split, self._plan_for(missing))
-        probs = torch.from_numpy(self._probabilities(batch))
+        probs = torch.from_numpy(self._probabilities(batch, selection=selection))
+        if selection is not None:
+            self.selection_records_ = selection.records
         target = batch.target
         if self.schema.task == Task.REGRESSION:  # errors in the label's own units
             probs = torch.from_numpy(np.asarray(self.preprocessor_.decode_values(probs[:, 0].numpy()), np.float32)[:, None])

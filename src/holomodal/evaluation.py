@@ -117,6 +117,7 @@ def robustness_sweep(
     train: pd.DataFrame | None = None,
     ci: float = 0.95,
     mask_seeds: Sequence[int] | None = None,
+    selection: Any = None,
 ) -> pd.DataFrame:
     """Metrics of ``clf`` on the labelled ``frame`` under each missingness kind and rate.
 
@@ -132,6 +133,10 @@ def robustness_sweep(
     the draws, and bootstrap resample ``b`` is scored under draw ``b mod len(mask_seeds)``,
     so the interval covers the mask draw as well as the rows. Without it the masks use the
     seed of the spec (the default one, 2021), one draw.
+
+    ``selection`` (a :class:`~holomodal.selection.inference.ModalitySelection`) chooses each
+    row's modalities; its per-row records, with ``kind``, ``rate`` and ``mask_seed``
+    columns, are in ``result.attrs["selection_records"]``.
     """
     clf._check_fitted()
     kinds = list(dict.fromkeys(kinds)) or [NO_MISSINGNESS]
@@ -164,6 +169,7 @@ def robustness_sweep(
     alpha = (1.0 - ci) / 2.0
     rows: list[dict[str, Any]] = []
     cache: dict[tuple, list[dict[str, Any]]] = {}
+    selection_records: list[pd.DataFrame] = []
     for kind in active:
         for rate in rates if kind != NO_MISSINGNESS else [0.0]:
             if kind == NO_MISSINGNESS or rate == 0.0:
@@ -181,7 +187,12 @@ def robustness_sweep(
                         masks = _reseeded(plan, mask_seed).masks(split, len(base), n_tab, list(base.present))
                         cells = None if masks.cell_missing is None else torch.from_numpy(masks.cell_missing)
                         batch = base.with_masks(cells, {m: torch.from_numpy(k) for m, k in masks.keep.items()})
-                    probs = _in_label_units(clf, torch.from_numpy(clf._probabilities(batch)))
+                    probs = _in_label_units(clf, torch.from_numpy(clf._probabilities(batch, selection=selection)))
+                    if selection is not None:
+                        selection_records.append(selection.records.assign(
+                            kind=kind if plan is not None else NO_MISSINGNESS, rate=rate if plan is not None else 0.0,
+                            mask_seed=mask_seed, correct=(selection.records["predicted"].to_numpy()
+                                                          == base.target.numpy()) if task != "regression" else np.nan))
                     point = compute_metrics(task, num_classes, probs, target, metrics=metrics, class_names=classes)
                     undefined.update(point.undefined)
                     draws.append((probs, point))
@@ -208,6 +219,9 @@ def robustness_sweep(
         "undefined": undefined, "lower_is_better": sorted({m for m in result["metric"] if lower_is_better(m)}),
         "ranking": None if ranking is None else {"source": ranking_source, "columns": list(ranking)},
     })
+    if selection is not None:
+        result.attrs["selection"] = selection.describe()
+        result.attrs["selection_records"] = pd.concat(selection_records, ignore_index=True)
     return result
 
 
@@ -321,14 +335,43 @@ def write_sweep(result: pd.DataFrame, folder: Path, title: str = "", extra: dict
     """``evaluation-<time>.csv / .json / .png`` in ``folder``, under names not taken yet."""
     import json
 
-    suffixes = (".csv", ".json", ".png")
+    suffixes = (".csv", ".json", ".png", SELECTION_SUFFIX)
     stem = new_stem(Path(folder), "evaluation", suffixes)
-    csv, js, png = (stem.with_name(stem.name + s) for s in suffixes)
+    csv, js, png, chosen = (stem.with_name(stem.name + s) for s in suffixes)
     write_new_file(csv, result.to_csv(index=False))
-    meta = {**(extra or {}), **result.attrs, "results": result.to_dict(orient="records")}
+    attrs = dict(result.attrs)
+    records = attrs.pop("selection_records", None)
+    paths = {"csv": csv, "json": js, "png": png}
+    if records is not None:
+        write_new_file(chosen, records.to_csv(index=False))
+        attrs["selection_summary"] = selection_summary(records)
+        paths["selection"] = chosen
+    meta = {**(extra or {}), **attrs, "results": result.to_dict(orient="records")}
     write_new_file(js, json.dumps(meta, indent=2, default=jsonable))
     plot_sweep(result, png, title)
-    return {"csv": csv, "json": js, "png": png}
+    return paths
+
+
+SELECTION_SUFFIX = "-selection.csv"
+
+
+def selection_summary(records: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per kind and rate: rows, mean recovered modalities used, each modality's share of
+    recovered rows that used it, forward passes per chunk (max), accuracy where defined."""
+    out = []
+    for (kind, rate), group in records.groupby(["kind", "rate"], sort=False):
+        modalities = sorted({m for names in group["recovered"] for m in str(names).split(";") if m and m != "nan"})
+        row: dict[str, Any] = {"kind": kind, "rate": float(rate), "rows": int(len(group)),
+                               "mean_used_recovered": float(group["used_recovered"].mean()),
+                               "forward_passes": int(group["forward_passes"].max())}
+        for m in modalities:
+            had = group["recovered"].astype(str).str.split(";").apply(lambda names, m=m: m in names)
+            used = group["used"].astype(str).str.split(";").apply(lambda names, m=m: m in names)
+            row[f"used_share_{m}"] = float((had & used).sum() / had.sum())
+        if "correct" in group and group["correct"].notna().all():
+            row["accuracy"] = float(group["correct"].astype(float).mean())
+        out.append(row)
+    return out
 
 
 
@@ -359,9 +402,14 @@ def evaluate_run(
     seed: int = 0,
     mask_seeds: Sequence[int] | None = None,
     encoding: str | None = None,
+    select: str | None = None,
+    recover: str = "nearest",
+    calibration: str = "logratio",
 ) -> tuple[pd.DataFrame, dict[str, Path]]:
     """The sweep of a run folder on its own ``split`` (or on the labelled table ``data``),
-    written into the folder. The training split is read only when a ranking must be fitted."""
+    written into the folder. The training split is read only when a ranking must be fitted
+    or a recoverer (``recover``) must be fitted for the modality selection ``select``
+    (``dymo``, ``discard``, ``recover_all``; a ``dynamic`` run)."""
     from holomodal.experiment import load_splits
     from holomodal.tables import read_table
 
@@ -387,8 +435,21 @@ def evaluate_run(
                                 "and the run holds no config.yaml")
             splits = load_splits(cfg["data"])
         train = splits.train
+    selection = None
+    if select is not None:
+        from holomodal.selection.inference import check_options, check_selectable
+
+        check_options(select, calibration)
+        check_selectable(clf.model_)
+        if select != "discard":
+            if not cfg:
+                raise DataError(f"the recoverer '{recover}' is fitted on the training split of '{run}', "
+                                "and the run holds no config.yaml")
+            splits = splits or load_splits(cfg["data"])
+            train = train if train is not None else splits.train
+        selection = clf.selection(select, recover, train, calibration=calibration)
     result = robustness_sweep(clf, frame, kinds, rates, drop=drop, n_boot=n_boot, seed=seed, split=split, train=train,
-                              mask_seeds=mask_seeds)
+                              mask_seeds=mask_seeds, selection=selection)
     extra = {"run": str(run), "method": clf.method, "data": cfg.get("data", {}).get("name") or (str(data) if data else None)}
     paths = write_sweep(result, run, title=f"{run.name} ({clf.method}, {split})", extra=extra)
     return result, paths

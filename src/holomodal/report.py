@@ -45,6 +45,7 @@ class RunRecord:
     log: pd.DataFrame | None = None
     sweep: pd.DataFrame | None = None
     sweep_file: Path | None = None
+    selection: pd.DataFrame | None = None
 
     @property
     def name(self) -> str:
@@ -78,6 +79,10 @@ class RunRecord:
             # the newest sweep stands for the run; older ones stay in the folder
             record.sweep_file = sweeps[-1]
             record.sweep = pd.read_csv(sweeps[-1])
+            meta = sweeps[-1].with_suffix(".json")
+            summary = json.loads(meta.read_text()).get("selection_summary") if meta.exists() else None
+            if summary:
+                record.selection = pd.DataFrame(summary)
         if not record.config and not record.metrics and record.log is None and record.sweep is None:
             raise DataError(f"'{path}' holds none of config.yaml, metrics.json, metrics.csv, evaluation-*.csv: "
                             "is it a run folder?")
@@ -320,6 +325,16 @@ def build_report(runs: Sequence[str | Path], out: str | Path, title: str = "holo
         sections.append('<p class="note">No run holds an evaluation yet: run '
                         "<code>holomodal evaluate RUN --missing rvm,rfm,modality</code> first.</p>")
 
+    chosen = [r.selection.assign(run=r.name) for r in records if r.selection is not None]
+    if chosen:
+        selection = pd.concat(chosen, ignore_index=True)
+        selection = selection[["run", *[c for c in selection.columns if c != "run"]]]
+        write_new_file(out / "selection.csv", selection.to_csv(index=False))
+        sections.append("<h2>Modality selection</h2>")
+        sections.append('<p class="note">From each run\'s newest evaluation with <code>--select</code>: per missingness '
+                        "kind and rate, the mean number of recovered modalities a row used, the share of rows with a "
+                        "recovered modality that used it, and the forward passes per chunk of rows.</p>")
+        sections.append(selection.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0))
     sections.append("<h2>Training curves</h2>")
     curves = training_figure(records)
     if curves is not None:
