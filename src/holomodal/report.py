@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from holomodal.errors import DataError
-from holomodal.evaluation import lower_is_better, metric_title, run_config, worsening, write_new_file
+from holomodal.evaluation import SELECTION_SUFFIX, lower_is_better, metric_title, run_config, worsening, write_new_file
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 24px; color: #222; background: #fff; }
@@ -74,7 +74,8 @@ class RunRecord:
             record.metrics = json.loads((path / "metrics.json").read_text())
         if (path / "metrics.csv").exists():
             record.log = pd.read_csv(path / "metrics.csv")
-        sweeps = sorted(path.glob("evaluation-*.csv"), key=lambda p: (p.stat().st_mtime, p.name))
+        sweeps = sorted((p for p in path.glob("evaluation-*.csv") if not p.name.endswith(SELECTION_SUFFIX)),
+                        key=lambda p: (p.stat().st_mtime, p.name))
         if sweeps:
             # the newest sweep stands for the run; older ones stay in the folder
             record.sweep_file = sweeps[-1]
