@@ -23,8 +23,11 @@ import statistics
 import time
 from pathlib import Path
 
+from _results import write_results
+
 from holomodal.config import load_config, to_container
 from holomodal.experiment import classifier_from_config, load_splits
+from holomodal.selection.inference import ModalitySelection
 
 TASKS = {
     "av_digits": {"dynamic": "av_digits_dynamic", "late_fusion": "av_digits_late_fusion", "i2m2": "av_digits_i2m2",
@@ -79,7 +82,8 @@ def run_task(task: str, seed: int, run_root: Path, overrides: list[str]) -> dict
     out: dict = {}
     clf, splits, seconds = fitted(spec["dynamic"], seed, run_root, f"{task}-dynamic", overrides)
     complete = clf.evaluate(splits.test)[spec["metric"]]
-    strategies = {s: clf.selection(s, spec["recoverer"], splits.train) for s in SELECTIONS}
+    recoverer = clf.selection("dymo", spec["recoverer"], splits.train).recoverer  # fitted once, shared
+    strategies = {s: ModalitySelection(recoverer, s) for s in SELECTIONS}
     for s in SELECTIONS:
         out[s] = {"fit_seconds": seconds, "complete": complete}
         for rate in spec["rates"]:
@@ -143,13 +147,7 @@ def main() -> None:
         for seed in seeds:
             results.setdefault(task, {})[seed] = run_task(task, seed, run_root, args.overrides)
             print(f"{task} seed {seed}: {json.dumps(results[task][seed])}", flush=True)
-    seconds = time.perf_counter() - total
-    table = summarise(results, seeds) + f"\n\nOverrides: {args.overrides}. Total run time: {seconds:.0f} s on CPU.\n"
-    print(table)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"results": results, "seconds": seconds}, indent=2))
-    out.with_suffix(".md").write_text(table)
+    write_results(args.out, results, time.perf_counter() - total, summarise(results, seeds), args.overrides)
 
 
 if __name__ == "__main__":

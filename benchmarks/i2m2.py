@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _results import write_results
+
 from holomodal.config import load_config, to_container
 from holomodal.experiment import classifier_from_config, load_splits
 from holomodal.methods.base import compute_metrics
@@ -137,13 +139,7 @@ def main() -> None:
             for variant, per_seed in results[task].items():
                 per_seed[seed] = {k: v for k, v in per_seed[seed].items() if not k.startswith("_")}
                 print(f"{task} {variant} seed {seed}: {json.dumps(per_seed[seed])}", flush=True)
-    seconds = time.perf_counter() - total
-    table = summarise(results, seeds) + f"\n\nOverrides: {args.overrides}. Total run time: {seconds:.0f} s on CPU.\n"
-    print(table)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"results": results, "seconds": seconds}, indent=2))
-    out.with_suffix(".md").write_text(table)
+    write_results(args.out, results, time.perf_counter() - total, summarise(results, seeds), args.overrides)
 
 
 if __name__ == "__main__":

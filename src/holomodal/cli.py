@@ -191,18 +191,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     with _wide_pandas():
         say(sweep_table(result).to_string())
         if "selection_records" in result.attrs:
+            import pandas as pd
+
             from holomodal.evaluation import selection_summary
 
             say(f"modality selection '{args.select}' (recoverer {args.recover if args.select != 'discard' else 'none'}):")
-            say(pd_frame(selection_summary(result.attrs["selection_records"])).to_string(index=False))
+            say(pd.DataFrame(selection_summary(result.attrs["selection_records"])).to_string(index=False))
     say("written: " + ", ".join(str(p) for p in paths.values()))
     return 0
-
-
-def pd_frame(rows: list[dict]):
-    import pandas as pd
-
-    return pd.DataFrame(rows)
 
 
 def _wide_pandas():

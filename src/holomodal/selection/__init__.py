@@ -15,6 +15,7 @@ from holomodal.selection.dymo import (
     reward,
     subset_id,
 )
+from holomodal.selection import mopoe as _mopoe  # noqa: F401  (registers the 'mopoe' recoverer)
 
 __all__ = [
     "CALIBRATIONS", "SUBSET_METRICS", "DyMoSelector", "SelectionResult", "SubsetStatistics",

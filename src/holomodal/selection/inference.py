@@ -81,21 +81,20 @@ def build_recoverer(spec: str, model: Any, input_specs: dict[str, dict[str, Any]
 
     name, _, argument = spec.partition(":")
     if name == "nearest":
-        recoverer = recoverers.NearestNeighbourRecoverer(model.subset_features, list(model.modality_order))
+        options: dict[str, Any] = {"embed": model.subset_features, "modality_order": list(model.modality_order)}
     elif name == "iterative":
         if TABULAR not in input_specs:
             raise ConfigError("recoverer 'iterative' imputes table cells, and this model's data has no table")
-        recoverer = recoverers.IterativeImputerRecoverer(cardinalities=list(input_specs[TABULAR]["cardinalities"]))
+        options = {"cardinalities": list(input_specs[TABULAR]["cardinalities"])}
     elif name == "tip":
         if not argument:
             raise ConfigError("recoverer 'tip' needs its pre-training run: tip:runs/<run>")
-        recoverer = recoverers.TIPReconstructionRecoverer(argument)
+        options = {"run": argument}
     elif name == "mopoe":
-        from holomodal.selection.mopoe import MoPoERecoverer
-
-        recoverer = MoPoERecoverer()
+        options = {}
     else:
         raise ConfigError(f"unknown recoverer '{spec}' (one of {', '.join(RECOVERER_NAMES)})")
+    recoverer = recoverers.create_recoverer(name, **options)
     recoverer.name = spec
     return recoverer.fit(train)
 
@@ -143,8 +142,7 @@ class ModalitySelection:
         outputs, records = [], []
         for start in range(0, len(batch), batch_size):
             rows = torch.arange(start, min(start + batch_size, len(batch)))
-            part = batch.select(rows)
-            part.row = rows if batch.row is None else batch.row[rows]
+            part = batch.select(rows)  # keeps the batch's row numbers, or numbers the rows by position
             probs, part_records = self._select(model, selector, part.map(lambda t: t.to(device)), order)
             outputs.append(probs.cpu())
             records.append(part_records)

@@ -31,7 +31,8 @@ from torch import Tensor, nn
 
 from holomodal.batch import Batch
 from holomodal.errors import ConfigError, DataError
-from holomodal.selection.recoverers import Recovered, Recoverer
+from holomodal.selection.dymo import all_subsets
+from holomodal.selection.recoverers import RECOVERERS, Recovered, Recoverer
 
 KINDS = {"image": "pixels", "audio": "spectrogram"}
 IMAGE_LIKELIHOODS = ("bernoulli", "laplace")
@@ -39,12 +40,6 @@ SUBSET_MODES = ("all", "sampled")
 CONFIG_FILE = "mopoe.json"
 WEIGHTS_FILE = "mopoe.safetensors"
 FORMAT_VERSION = 1
-
-
-def _rows(mask: Tensor, limit: int = 10) -> str:
-    rows = torch.nonzero(mask).flatten().tolist()
-    shown = ", ".join(str(r) for r in rows[:limit])
-    return f"[{shown}{', ...' if len(rows) > limit else ''}] ({len(rows)} rows)"
 
 
 def product_of_experts(mu: Tensor, logvar: Tensor, available: Tensor) -> tuple[Tensor, Tensor]:
@@ -58,13 +53,6 @@ def product_of_experts(mu: Tensor, logvar: Tensor, available: Tensor) -> tuple[T
     total = 1.0 + precision.sum(dim=1)
     mean = (precision * mu).sum(dim=1) / total
     return mean, -torch.log(total)
-
-
-def all_subsets(num_modalities: int) -> Tensor:
-    """(2**M - 1, M) bool: every non-empty subset, row s coding s + 1 as a bitmask (the order of
-    :func:`holomodal.selection.dymo.all_subsets`)."""
-    codes = torch.arange(1, 2**num_modalities, dtype=torch.long)
-    return ((codes[:, None] >> torch.arange(num_modalities, dtype=torch.long)) & 1).to(torch.bool)
 
 
 def _halved(size: int) -> int:
@@ -476,3 +464,6 @@ class MoPoERecoverer(Recoverer):
             model.to(device)
         return cls(sample=bool(record.get("sample", False)), chunk_size=int(record.get("chunk_size", 256)),
                    device=device, model=model, **record["options"])
+
+
+RECOVERERS["mopoe"] = MoPoERecoverer

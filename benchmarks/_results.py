@@ -1,0 +1,17 @@
+"""What the benchmark scripts share: writing one run's table and raw results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def write_results(out: str | Path, results: dict, seconds: float, table: str, overrides: list[str]) -> None:
+    """Print the markdown ``table`` with the run's overrides and time, and write it to
+    ``out.md`` beside the raw ``results`` in ``out.json``."""
+    table += f"\n\nOverrides: {overrides}. Total run time: {seconds:.0f} s on CPU.\n"
+    print(table)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"results": results, "seconds": seconds}, indent=2))
+    out.with_suffix(".md").write_text(table)
