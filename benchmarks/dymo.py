@@ -5,13 +5,14 @@ each test missing rate with (a) discard: the observed modalities only, (b) recov
 recovered modality fused, (c) DyMo: recovered modalities added per row while the reward is
 positive; recoveries from the task's recoverer fitted on the training split. Beside them the
 library's baselines trained on the same complete rows: late fusion (absent modalities
-zero-filled and masked) and I2M2. Missing rate r: r of the test rows lose one modality, the
-incomplete rows shared evenly among the modalities (mask seed 100 + seed).
+zero-filled and masked) and I2M2. Missing rate r (mask seed 100 + seed): on av_digits and emoji
+r of the test rows lose one modality, the incomplete rows shared evenly among the modalities;
+on covid_cxr each table cell of a test row is missing with probability r (TIP's RVM).
 
 Cost: DyMo's time per test row (recovery included, and without it) against one plain forward
 pass of the same model, from paired timings in one process (min/median/max over repeats).
 
-    python benchmarks/dymo.py [--seeds 0,1,2] [--tasks av_digits]
+    python benchmarks/dymo.py [--seeds 0,1,2] [--tasks av_digits,emoji,covid_cxr]
 Writes benchmarks/results/dymo.{json,md}.
 """
 
@@ -31,14 +32,20 @@ from holomodal.selection.inference import ModalitySelection
 
 TASKS = {
     "av_digits": {"dynamic": "av_digits_dynamic", "late_fusion": "av_digits_late_fusion", "i2m2": "av_digits_i2m2",
-                  "recoverer": "nearest", "rates": (0.2, 0.5, 0.8), "metric": "accuracy"},
+                  "recoverer": "nearest", "missing": "modality", "rates": (0.2, 0.5, 0.8), "metric": "accuracy"},
+    "emoji": {"dynamic": "emoji_dynamic", "late_fusion": "emoji_late_fusion", "i2m2": "emoji_i2m2",
+              "recoverer": "nearest", "missing": "modality", "rates": (0.2, 0.5, 0.8), "metric": "accuracy"},
+    # the table partly missing (TIP's random cell masks), recovered by an imputer fitted on train
+    "covid_cxr": {"dynamic": "covid_cxr_dynamic", "late_fusion": "covid_cxr_late_fusion", "i2m2": "covid_cxr_i2m2",
+                  "recoverer": "iterative", "missing": "rvm", "rates": (0.3, 0.5, 0.7), "metric": "auroc"},
 }
 SELECTIONS = ("discard", "recover_all", "dymo")
 COST_REPEATS = 5
 
 
-def missing_at(rate: float, seed: int) -> list[dict]:
-    return [{"kind": "modality", "rate": rate, "drop": "all", "seed": 100 + seed}]
+def missing_at(kind: str, rate: float, seed: int) -> list[dict]:
+    spec = {"kind": kind, "rate": rate, "seed": 100 + seed}
+    return [{**spec, "drop": "all"} if kind == "modality" else spec]
 
 
 def fitted(config: str, seed: int, run_root: Path, name: str, overrides: list[str]):
@@ -87,17 +94,17 @@ def run_task(task: str, seed: int, run_root: Path, overrides: list[str]) -> dict
     for s in SELECTIONS:
         out[s] = {"fit_seconds": seconds, "complete": complete}
         for rate in spec["rates"]:
-            out[s][f"rate={rate}"] = clf.evaluate(splits.test, missing=missing_at(rate, seed), select=strategies[s])[spec["metric"]]
+            out[s][f"rate={rate}"] = clf.evaluate(splits.test, missing=missing_at(spec["missing"], rate, seed), select=strategies[s])[spec["metric"]]
             if s == "dymo":
                 records = strategies[s].records
                 lacking = records["recovered"] != ""
                 out[s][f"used_share={rate}"] = float((records.loc[lacking, "used_recovered"] > 0).mean())
-    out["dymo"]["cost"] = cost(clf, splits, strategies["dymo"], missing_at(max(spec["rates"]), seed))
+    out["dymo"]["cost"] = cost(clf, splits, strategies["dymo"], missing_at(spec["missing"], max(spec["rates"]), seed))
     for baseline in ("late_fusion", "i2m2"):
         model, splits, seconds = fitted(spec[baseline], seed, run_root, f"{task}-{baseline}", overrides)
         out[baseline] = {"fit_seconds": seconds, "complete": model.evaluate(splits.test)[spec["metric"]]}
         for rate in spec["rates"]:
-            out[baseline][f"rate={rate}"] = model.evaluate(splits.test, missing=missing_at(rate, seed))[spec["metric"]]
+            out[baseline][f"rate={rate}"] = model.evaluate(splits.test, missing=missing_at(spec["missing"], rate, seed))[spec["metric"]]
     return out
 
 
