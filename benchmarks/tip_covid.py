@@ -6,8 +6,11 @@ probing and by full fine-tuning, the two ablations by full fine-tuning (their pr
 ``--methods``). Supervised baselines from scratch on the same data and
 splits: image only, table only, late fusion (image + table), all with the same encoders.
 Every fine-tuning run sees the same synthetic missingness in train, val and test (TIP's
-protocol): none, RVM 0.3 / 0.5 / 0.7, RFM 0.5. The image-only model never reads the table,
-so it is trained once per seed and scored under every condition.
+protocol): none, RVM 0.3 / 0.5 / 0.7, RFM 0.5, TIP's mask draws offset by the run seed and
+nested across rates. The image-only model never reads the table, so it is trained once per
+seed and scored under every condition. Each cell gives a 95 % interval from a two-level
+bootstrap over seeds (with their masks) and test rows, and each method's paired difference
+to late fusion says whether it is a win, a loss or noise.
 
 The machine is a shared 2-core CPU, so everything is scaled down (see SCALE; the table
 header repeats it): timm ``test_resnet`` at 64 px, 2-layer 32-wide transformers.
@@ -38,7 +41,13 @@ if os.environ.get("TIP_BENCH_QUICK"):  # smoke test of the script itself; spawne
     SCALE.update(pretrain_epochs=1, warmup_epochs=1, finetune_epochs=1, probe_epochs=1)
 # --scale key=value overrides travel to the spawned workers through the environment
 SCALE.update(json.loads(os.environ.get("TIP_BENCH_SCALE", "{}")))
-CONDITIONS = {"none": [], "rvm 0.3": ["rvm:0.3"], "rvm 0.5": ["rvm:0.5"], "rvm 0.7": ["rvm:0.7"], "rfm 0.5": ["rfm:0.5"]}
+# masks drawn as TIP draws them, offset by the run's seed ("@run"): each seed sees its own
+# masks, nested across rates (a cell masked at 0.3 is masked at 0.5 and 0.7)
+CONDITIONS = {"none": [], "rvm 0.3": ["rvm:0.3@run"], "rvm 0.5": ["rvm:0.5@run"], "rvm 0.7": ["rvm:0.7@run"],
+              "rfm 0.5": ["rfm:0.5@run"]}
+# the supervised multimodal baseline every method is compared with, pair by pair
+REFERENCE = "late_fusion"
+N_BOOT = 1000
 PRETRAININGS = {"tip": ["itc", "itm", "mtr"], "tip_no_mtr": ["itc", "itm"], "mmcl": ["itc"]}
 # method -> (pre-training it starts from or None, model options)
 METHODS: dict[str, tuple[str | None, dict[str, Any]]] = {
@@ -140,11 +149,13 @@ def finetune_job(method: str, seed: int, condition: str, checkpoint: str | None,
     # epochs on it selected noise (test AUROC far below val), so the last epoch is scored
     clf.fit(splits["train"])
     seconds = time.perf_counter() - start
-    if method == "image_only":
-        scores = {c: clf.evaluate(splits["test"], missing=m or None, split="test")["auroc"] for c, m in CONDITIONS.items()}
-    else:
-        scores = {condition: clf.evaluate(splits["test"], missing=missing or None, split="test")["auroc"]}
-    return {"auroc": scores, "seconds": round(seconds, 1)}
+    scored = CONDITIONS if method == "image_only" else {condition: missing}
+    scores, probabilities = {}, {}
+    for c, m in scored.items():
+        scores[c] = clf.evaluate(splits["test"], missing=m or None, split="test")["auroc"]
+        probabilities[c] = clf.predict_proba(splits["test"], missing=m or None).round(6).tolist()
+    target = clf.preprocessor_.encode_labels(splits["test"][schema.label.name]).tolist()
+    return {"auroc": scores, "probabilities": probabilities, "target": target, "seconds": round(seconds, 1)}
 
 
 def _guarded(fn, *args):
@@ -154,7 +165,52 @@ def _guarded(fn, *args):
         return {"error": traceback.format_exc()}
 
 
+def _intervals(results: dict[str, Any], seeds: list[int], methods: list[str]) -> tuple[dict, dict]:
+    """Per (method, condition): the 95 % interval of the mean AUROC over seeds, masks and test
+    rows; and the paired difference to REFERENCE with its interval (holomodal.evaluation.seed_bootstrap)."""
+    import numpy as np
+
+    from holomodal.evaluation import seed_bootstrap
+
+    probabilities = results.get("probabilities", {})
+    target = np.asarray(results.get("target", []))
+    intervals: dict[str, dict[str, Any]] = {}
+    differences: dict[str, dict[str, Any]] = {}
+    for method in methods:
+        for condition in CONDITIONS:
+            runs = {s: probabilities.get(f"{method}|{condition}|{s}") for s in seeds}
+            mine = [np.asarray(p, dtype=np.float32) for p in runs.values() if p is not None]
+            if not mine:
+                continue
+            intervals.setdefault(method, {})[condition] = seed_bootstrap([[p] for p in mine], target, "binary", 2, "auroc", n_boot=N_BOOT)
+            reference = {s: probabilities.get(f"{REFERENCE}|{condition}|{s}") for s in seeds}
+            pairs = [(np.asarray(runs[s], dtype=np.float32), np.asarray(reference[s], dtype=np.float32))
+                     for s in seeds if runs[s] is not None and reference[s] is not None]
+            if method != REFERENCE and pairs:
+                differences.setdefault(method, {})[condition] = seed_bootstrap(pairs, target, "binary", 2, "auroc", n_boot=N_BOOT)
+    return intervals, differences
+
+
+def _significance(differences: dict[str, dict[str, Any]]) -> str:
+    """One sentence: which paired differences to the reference exclude 0, and how many do not."""
+    wins, losses, ties = [], [], 0
+    for method, row in differences.items():
+        for condition, d in row.items():
+            text = f"{method} at {condition} ({d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}])"
+            if d["low"] > 0:
+                wins.append(text)
+            elif d["high"] < 0:
+                losses.append(text)
+            else:
+                ties += 1
+    return (f"Against {REFERENCE} (paired by seed, masks and rows; 95 % interval of the AUROC difference): "
+            + (f"significantly better: {'; '.join(wins)}. " if wins else "no method is significantly better anywhere. ")
+            + (f"Significantly worse: {'; '.join(losses)}. " if losses else "None is significantly worse. ")
+            + f"The other {ties} differences are within the noise (their intervals include 0).")
+
+
 def summarise(results: dict[str, Any], seeds: list[int], total_seconds: float, methods: list[str]) -> tuple[dict, str]:
+    intervals, differences = _intervals(results, seeds, methods)
     table: dict[str, dict[str, dict[str, Any]]] = {}
     for method in methods:
         table[method] = {}
@@ -165,10 +221,12 @@ def summarise(results: dict[str, Any], seeds: list[int], total_seconds: float, m
                 "mean": statistics.fmean(values) if values else None,
                 "std": statistics.stdev(values) if len(values) > 1 else 0.0 if values else None,
                 "n": len(values), "values": values,
+                "ci95": intervals.get(method, {}).get(condition),
+                f"minus_{REFERENCE}": differences.get(method, {}).get(condition),
             }
     s = SCALE
     lines = [
-        "# TIP vs baselines on covid_cxr (COVID-19 vs other), test AUROC, mean ± std over seeds " + ",".join(map(str, seeds)),
+        "# TIP vs baselines on covid_cxr (COVID-19 vs other), test AUROC over seeds " + ",".join(map(str, seeds)),
         "",
         f"Scaled-down settings (2 shared CPU cores): image encoder timm `{s['image_model']}` from scratch at "
         f"{s['image_size']} px, no ImageNet normalisation; tabular transformer and interaction module "
@@ -180,7 +238,9 @@ def summarise(results: dict[str, Any], seeds: list[int], total_seconds: float, m
         "Same encoders for the supervised baselines (late_fusion method).",
         "Missingness (synthetic, on top of the natural one) is applied to train, val and test of fine-tuning; "
         "pre-training always sees the tables as they are. The image-only model does not read the table: one model "
-        "per seed, scored under every condition.",
+        "per seed, scored under every condition. Masks are TIP's draws offset by the run seed (each seed its own masks, "
+        "nested across rates). Cells: mean over seeds [95 % interval from a two-level bootstrap over seeds, masks and "
+        f"test rows, {N_BOOT} resamples] (± std over seeds).",
         f"Total run time: {total_seconds / 60:.1f} min."
         + (f" (This run {results['run_seconds'] / 60:.1f} min for {', '.join(results['run_methods'])}, merged into an "
            f"earlier run of {(total_seconds - results['run_seconds']) / 60:.1f} min for the other rows.)" if results.get("merged_from") else ""),
@@ -189,8 +249,11 @@ def summarise(results: dict[str, Any], seeds: list[int], total_seconds: float, m
         "|---|" + "---|" * len(CONDITIONS),
     ]
     for method, row in table.items():
-        cells = [f"{c['mean']:.3f} ± {c['std']:.3f}" if c["mean"] is not None else "n/a" for c in row.values()]
+        cells = [(f"{c['mean']:.3f} [{c['ci95']['low']:.3f}, {c['ci95']['high']:.3f}] (± {c['std']:.3f})" if c["ci95"]
+                  else f"{c['mean']:.3f} ± {c['std']:.3f}") if c["mean"] is not None else "n/a" for c in row.values()]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    if differences:
+        lines += ["", _significance(differences)]
     if results.get("errors"):
         lines += ["", f"{len(results['errors'])} run(s) failed: " + ", ".join(sorted(results["errors"]))]
     return table, "\n".join(lines) + "\n"
@@ -221,11 +284,13 @@ def main() -> None:
     if unknown:
         sys.exit(f"unknown method(s) {unknown}; known: {list(METHODS)}")
     run_root = str(Path(args.runs) / time.strftime("%Y%m%d-%H%M%S"))
-    results: dict[str, Any] = {"scale": SCALE, "seeds": seeds, "auroc": {}, "pretraining": {}, "seconds": {}, "errors": {}}
+    results: dict[str, Any] = {"scale": SCALE, "seeds": seeds, "auroc": {}, "probabilities": {}, "target": [],
+                               "pretraining": {}, "seconds": {}, "errors": {}}
     earlier_seconds = 0.0
     if args.merge:
         earlier = json.loads(Path(args.merge).read_text())
-        for part in ("auroc", "seconds", "errors", "pretraining"):
+        results["target"] = earlier.get("target", [])
+        for part in ("auroc", "probabilities", "seconds", "errors", "pretraining"):
             results[part] = {k: v for k, v in earlier.get(part, {}).items()
                              if part == "pretraining" or k.split("|")[0] not in methods}
         methods = list(dict.fromkeys([*(earlier.get("methods") or earlier.get("table", {})), *methods]))
@@ -271,6 +336,8 @@ def main() -> None:
                 _, method, seed, condition = job
                 for cond, value in out["auroc"].items():
                     results["auroc"][f"{method}|{cond}|{seed}"] = value
+                    results["probabilities"][f"{method}|{cond}|{seed}"] = out["probabilities"][cond]
+                results["target"] = out["target"]
                 results["seconds"][f"{method}|{condition}|{seed}"] = out["seconds"]
                 print(f"[{elapsed:5.1f} min] {method} {condition} seed {seed}: AUROC "
                       f"{out['auroc'].get(condition, next(iter(out['auroc'].values()))):.4f} ({out['seconds']} s)", flush=True)

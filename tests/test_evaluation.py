@@ -160,3 +160,50 @@ def test_a_regression_sweep_scores_in_the_label_units_of_evaluate(data_root, tmp
     assert (rmse["value"] > 1.0).all()
     assert np.isfinite(result[["ci_low", "ci_high"]].to_numpy()).all()
     assert (result["ci_low"] <= result["ci_high"]).all()
+
+
+# ---- intervals over repeated runs (seeds, masks) and test rows -------------------------
+
+def _runs_on_covid_labels(covid, accuracies, seed=0):
+    """Binary probabilities for covid_cxr's real test labels, one array per run, each right
+    on about the given share of rows."""
+    from holomodal.preprocessing import Preprocessor
+
+    test = covid.split("test")
+    target = Preprocessor(covid.schema).fit(covid.split("train")).encode_labels(test["label"]).numpy()
+    rng = np.random.default_rng(seed)
+    runs = []
+    for accuracy in accuracies:
+        right = rng.random(len(target)) < accuracy
+        p_true = np.where(right, 0.8, 0.2)
+        p_one = np.where(target == 1, p_true, 1 - p_true)
+        runs.append(np.stack([1 - p_one, p_one], axis=1).astype(np.float32))
+    return runs, target
+
+
+def test_seed_bootstrap_covers_the_spread_between_runs(covid):
+    from holomodal.evaluation import seed_bootstrap
+
+    agreeing, target = _runs_on_covid_labels(covid, [0.8, 0.8, 0.8])
+    spread, _ = _runs_on_covid_labels(covid, [0.6, 0.8, 0.95])
+    same = seed_bootstrap([[p] for p in agreeing], target, "binary", 2, "accuracy", n_boot=300)
+    wide = seed_bootstrap([[p] for p in spread], target, "binary", 2, "accuracy", n_boot=300)
+    accuracy = [float(((p[:, 1] > 0.5) == target).mean()) for p in spread]
+    assert wide["value"] == pytest.approx(np.mean(accuracy))
+    assert same["low"] < same["value"] < same["high"]
+    # the runs' disagreement widens the interval beyond what the rows alone give
+    assert wide["high"] - wide["low"] > 1.5 * (same["high"] - same["low"])
+
+
+def test_paired_seed_bootstrap_tells_a_win_from_noise(covid):
+    from holomodal.errors import ConfigError
+    from holomodal.evaluation import seed_bootstrap
+
+    strong, target = _runs_on_covid_labels(covid, [0.95, 0.95, 0.95], seed=1)
+    weak, _ = _runs_on_covid_labels(covid, [0.6, 0.6, 0.6], seed=2)
+    win = seed_bootstrap(list(zip(strong, weak)), target, "binary", 2, "auroc", n_boot=300)
+    assert win["value"] > 0 and win["low"] > 0
+    tie = seed_bootstrap(list(zip(strong, strong)), target, "binary", 2, "auroc", n_boot=100)
+    assert tie == {"value": 0.0, "low": 0.0, "high": 0.0}  # the same rows for both sides of a pair
+    with pytest.raises(ConfigError, match="metric 'rmse' is not one of task 'binary'"):
+        seed_bootstrap([[strong[0]]], target, "binary", 2, "rmse")

@@ -6,7 +6,7 @@ loader workers. Every random parameter is drawn per sample, so the batch behaves
 each image had been augmented alone.
 
 :class:`ImageAugmentation` covers TIP's image pipelines (spec ``tip_stil.md`` 1.4, 1.7):
-colour jitter, grey-scale, Gaussian blur, then one resampling for random-resized crop,
+colour jitter (in random order, with hue), grey-scale, Gaussian blur, then one resampling for random-resized crop,
 horizontal flip and rotation together (reflect padding, as albumentations rotates).
 Colour operations act on pixels and geometric ones on positions, so applying the colour
 ones first changes nothing but contrast's image mean, taken over the uncropped image.
@@ -38,7 +38,9 @@ class ImageAugmentation:
     ``rate`` is the probability that a sample is augmented at all (TIP: 0.95 in
     pre-training, 0.8 in fine-tuning); each operation then has its own probability.
     ``blur_kernel`` is the kernel size as a fraction of the image side (TIP: 29 px at
-    128 px).
+    128 px). The colour jitter is albumentations 1.3.1's ColorJitter as TIP calls it: the
+    brightness / contrast / saturation it names, the library's default hue 0.2 (a shift of
+    up to a fifth of a turn), the four in random order per sample.
     """
 
     rate: float = 1.0
@@ -50,8 +52,9 @@ class ImageAugmentation:
     brightness: float = 0.8
     contrast: float = 0.8
     saturation: float = 0.8
-    hue: float = 0.0
+    hue: float = 0.2
     jitter_p: float = 0.8
+    jitter_random_order: bool = True
     gray_p: float = 0.2
     blur_p: float = 0.5
     blur_sigma: tuple[float, float] = (0.1, 2.0)
@@ -68,26 +71,49 @@ class ImageAugmentation:
         b, c = x.shape[:2]
         per_image = (b, 1, 1, 1)
         if self.jitter_p > 0 and (self.brightness or self.contrast or self.saturation or self.hue):
-            j = x
-            if self.brightness:
-                j = (j * draw.uniform(1 - self.brightness, 1 + self.brightness).view(per_image)).clamp(0, 1)
-            if self.contrast:
-                mean = grayscale(j).mean(dim=(1, 2, 3), keepdim=True)
-                factor = draw.uniform(1 - self.contrast, 1 + self.contrast).view(per_image)
-                j = ((j - mean) * factor + mean).clamp(0, 1)
-            if self.saturation and c == 3:
-                gray = grayscale(j)
-                factor = draw.uniform(1 - self.saturation, 1 + self.saturation).view(per_image)
-                j = ((j - gray) * factor + gray).clamp(0, 1)
-            if self.hue and c == 3:
-                j = shift_hue(j, draw.uniform(-self.hue, self.hue))
-            x = torch.where(draw.coin(self.jitter_p).view(per_image), j, x)
+            x = torch.where(draw.coin(self.jitter_p).view(per_image), self._jitter(x, draw), x)
         if self.gray_p > 0 and c == 3:
             x = torch.where(draw.coin(self.gray_p).view(per_image), grayscale(x).expand_as(x), x)
         if self.blur_p > 0:
             sigma = draw.uniform(*self.blur_sigma)
             kernel = max(3, int(self.blur_kernel * min(x.shape[-2:])) | 1)
             x = torch.where(draw.coin(self.blur_p).view(per_image), gaussian_blur(x, sigma, kernel), x)
+        return x
+
+    def _jitter(self, x: Tensor, draw: "_Draw") -> Tensor:
+        """Brightness, contrast, saturation and hue, each with its own per-sample factor; in a
+        per-sample random order when ``jitter_random_order`` (albumentations' ColorJitter,
+        which TIP uses: the order changes the result, since each step clamps to [0, 1])."""
+        b, c = x.shape[:2]
+        per_image = (b, 1, 1, 1)
+        steps = []  # each step(images, rows): the step on ``images``, which are the batch's ``rows``
+        if self.brightness:
+            factor = draw.uniform(max(0.0, 1 - self.brightness), 1 + self.brightness).view(per_image)
+            steps.append(lambda j, rows, f=factor: (j * f[rows]).clamp(0, 1))
+        if self.contrast:
+            factor = draw.uniform(max(0.0, 1 - self.contrast), 1 + self.contrast).view(per_image)
+            steps.append(lambda j, rows, f=factor: _blend(j, grayscale(j).mean(dim=(1, 2, 3), keepdim=True), f[rows]))
+        if self.saturation and c == 3:
+            factor = draw.uniform(max(0.0, 1 - self.saturation), 1 + self.saturation).view(per_image)
+            steps.append(lambda j, rows, f=factor: _blend(j, grayscale(j), f[rows]))
+        if self.hue and c == 3:
+            shift = draw.uniform(-self.hue, self.hue)
+            steps.append(lambda j, rows, s=shift: shift_hue(j, s[rows]))
+        everyone = torch.arange(b, device=x.device)
+        if not self.jitter_random_order or len(steps) < 2:
+            for step in steps:
+                x = step(x, everyone)
+            return x
+        # position k of a row's random permutation names the step it takes k-th; in round k
+        # each step runs once, on the rows whose turn it is
+        order = torch.stack([draw.rand() for _ in steps], dim=1).argsort(dim=1)
+        for k in range(len(steps)):
+            out = x.clone()
+            for i, step in enumerate(steps):
+                rows = torch.nonzero(order[:, k] == i).flatten()
+                if len(rows):
+                    out[rows] = step(x[rows], rows)
+            x = out
         return x
 
     def _geometry(self, x: Tensor, draw: "_Draw") -> Tensor:
@@ -138,6 +164,12 @@ def grayscale(x: Tensor) -> Tensor:
         return x.mean(dim=1, keepdim=True)
     w = torch.tensor(GRAY_WEIGHTS, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     return (x * w).sum(dim=1, keepdim=True)
+
+
+def _blend(x: Tensor, towards: Tensor, factor: Tensor) -> Tensor:
+    """``towards + factor * (x - towards)``, clamped: contrast (towards the mean grey) and
+    saturation (towards the pixel's grey)."""
+    return ((x - towards) * factor + towards).clamp(0, 1)
 
 
 def shift_hue(x: Tensor, shift: Tensor) -> Tensor:

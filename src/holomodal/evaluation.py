@@ -26,7 +26,7 @@ import torch
 
 from holomodal.errors import ConfigError, DataError
 from holomodal.estimator import LOWER_IS_BETTER, Classifier
-from holomodal.methods.base import compute_metrics, make_metrics
+from holomodal.methods.base import compute_metrics, make_metrics, metric_args
 from holomodal.missingness import KINDS, TABULAR_KINDS, MissingnessPlan, MissingnessSpec
 from holomodal.runs import jsonable
 from holomodal.schema import TABULAR, Task
@@ -104,6 +104,50 @@ def bootstrap_rows(target: torch.Tensor, task: str, n_boot: int, seed: int, max_
     return out
 
 
+def seed_bootstrap(
+    runs: Sequence[Sequence[np.ndarray]], target: np.ndarray, task: str, num_classes: int, metric: str, *,
+    n_boot: int = 1000, ci: float = 0.95, seed: int = 0,
+) -> dict[str, float]:
+    """The mean of ``metric`` over repeated runs, with a percentile interval covering both
+    the runs (training seeds, and the masks where they follow the run seed) and the test
+    rows: each resample draws the runs with replacement and, within each drawn run, the rows
+    with replacement (a two-level bootstrap); the statistic is the drawn runs' mean.
+
+    ``runs[s]`` holds run ``s``'s test-row probabilities (all runs score the same rows,
+    ``target``): one array gives that model's metric; two arrays, from paired runs of two
+    models (same seed and masks), give the difference of their metrics, first minus second,
+    each resample drawing the same rows for both, so that a difference whose interval
+    excludes 0 is one that the seeds, masks and rows do not explain.
+    Returns ``{"value", "low", "high"}``."""
+    collection = make_metrics(task, num_classes)
+    if metric not in collection:
+        raise ConfigError(f"metric '{metric}' is not one of task '{task}': {', '.join(collection)}")
+    scorer = collection[metric]
+    target_t = torch.as_tensor(np.asarray(target))
+
+    def score(probs: np.ndarray, rows: np.ndarray | slice) -> float:
+        scorer.reset()
+        scorer.update(*metric_args(task, metric, torch.as_tensor(probs[rows]), target_t[rows]))
+        return float(scorer.compute())
+
+    def statistic(run: Sequence[np.ndarray], rows: np.ndarray | slice) -> float:
+        values = [score(p, rows) for p in run]
+        return values[0] - values[1] if len(values) == 2 else values[0]
+
+    everything = slice(None)
+    value = float(np.mean([statistic(run, everything) for run in runs]))
+    rng = np.random.default_rng(seed)
+    rows = bootstrap_rows(target_t, task, n_boot * len(runs), seed).reshape(n_boot, len(runs), -1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a resample's undefined metric is NaN, dropped below
+        samples = np.array([np.mean([statistic(runs[s], rows[b, k]) for k, s in enumerate(rng.integers(0, len(runs), len(runs)))])
+                            for b in range(n_boot)])
+    samples = samples[np.isfinite(samples)]
+    alpha = (1.0 - ci) / 2.0
+    low, high = np.quantile(samples, [alpha, 1.0 - alpha]) if samples.size else (np.nan, np.nan)
+    return {"value": value, "low": float(low), "high": float(high)}
+
+
 def robustness_sweep(
     clf: Classifier,
     frame: pd.DataFrame,
@@ -132,7 +176,7 @@ def robustness_sweep(
     ``mask_seeds`` re-draws every synthetic mask with each seed: the value is the mean over
     the draws, and bootstrap resample ``b`` is scored under draw ``b mod len(mask_seeds)``,
     so the interval covers the mask draw as well as the rows. Without it the masks use the
-    seed of the spec (the default one, 2021), one draw.
+    default seed of the spec (TIP's: 2022 for rfm, else 2021), one draw.
 
     ``selection`` (a :class:`~holomodal.selection.inference.ModalitySelection`) chooses each
     row's modalities; its per-row records, with ``kind``, ``rate`` and ``mask_seed``

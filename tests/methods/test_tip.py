@@ -152,7 +152,8 @@ def _schema():
     ])
 
 
-def test_pretrain_then_linear_probe_round_trip(tmp_path):
+@pytest.mark.parametrize("probe_bn", ["train", "eval"])
+def test_pretrain_then_linear_probe_round_trip(tmp_path, probe_bn):
     from holomodal.estimator import Classifier
     from holomodal.methods.tip import backbone_state, read_pretrained
     from holomodal.pretraining import Pretrainer
@@ -162,19 +163,29 @@ def test_pretrain_then_linear_probe_round_trip(tmp_path):
     quiet = {"max_epochs": 1, "enable_progress_bar": False}
     pre = Pretrainer(_schema(), model=TINY, batch_size=8, trainer=quiet, run_dir=tmp_path / "pre").fit(unlabelled, frame)
     assert pre.checkpoint_.exists()
-    clf = Classifier(_schema(), method="tip", model={"checkpoint": str(tmp_path / "pre")}, batch_size=8, trainer=quiet,
+    model = {"checkpoint": str(tmp_path / "pre"), **({} if probe_bn == "train" else {"probe_bn": probe_bn})}
+    clf = Classifier(_schema(), method="tip", model=model, batch_size=8, trainer=quiet,
                      run_dir=tmp_path / "probe", loggers=["csv"], missing=["rvm:0.3"])
     clf.fit(frame, frame)
-    # linear probing: the backbone is exactly the pre-trained one, batch-norm statistics included
+    # linear probing: the backbone's parameters are exactly the pre-trained ones; its batch-norm
+    # running statistics follow the fine-tuning data by default (TIP), or stay as pre-trained
     saved = backbone_state(read_pretrained(pre.checkpoint_, weights=True)["state_dict"])
-    for name, value in clf.model_.backbone.state_dict().items():
-        torch.testing.assert_close(value, saved[name], rtol=0, atol=0, msg=name)
+    state = clf.model_.backbone.state_dict()
+    statistics = [n for n in state if n.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert statistics
+    for name, value in state.items():
+        if name not in statistics:
+            torch.testing.assert_close(value, saved[name], rtol=0, atol=0, msg=name)
+    moved = [n for n in statistics if not torch.equal(state[n], saved[n])]
+    assert (moved == statistics) if probe_bn == "train" else not moved
     assert all(not p.requires_grad for p in clf.model_.backbone.parameters())
     clf.save(tmp_path / "model")
     again = Classifier.load(tmp_path / "model")
     np.testing.assert_allclose(clf.predict_proba(frame), again.predict_proba(frame), atol=1e-6)
     with pytest.raises(ConfigError, match="linear probes"):
         _classifier(finetune="linear")
+    with pytest.raises(ConfigError, match="probe_bn must be 'train' or 'eval'"):
+        _classifier(probe_bn="frozen")
 
 
 def test_interaction_module_is_a_registered_fusion():

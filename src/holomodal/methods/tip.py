@@ -429,9 +429,11 @@ class TIP(ClassificationMethod):
     Args:
         checkpoint: a pre-training run folder or its ``.ckpt``; its weights are loaded
             when training starts, its recorded backbone config rebuilds the architecture.
-        finetune: ``linear`` (backbone frozen, batch-norm statistics included: the
-            frozen modules stay in eval mode) or ``full``; default ``linear`` from a
-            checkpoint, ``full`` from scratch.
+        finetune: ``linear`` (backbone parameters frozen) or ``full``; default ``linear``
+            from a checkpoint, ``full`` from scratch.
+        probe_bn: in linear probing, ``train`` (TIP: the frozen backbone stays in train mode,
+            so batch-norm running statistics adapt to the fine-tuning data, and dropout
+            acts) or ``eval`` (the backbone in eval mode: statistics fixed at pre-training's).
         head_input: ``fused`` (TIP: the interaction module's CLS), ``image`` (the pooled
             image features: MMCL's protocol) or ``concat`` (pooled image and tabular CLS:
             the features ITC trains).
@@ -455,6 +457,7 @@ class TIP(ClassificationMethod):
         context: ModelContext,
         checkpoint: str | None = None,
         finetune: str | None = None,
+        probe_bn: str = "train",
         head_input: str = "fused",
         finetune_augment: str | dict[str, Any] | None = None,
         corruption_rate: float = 0.3,
@@ -474,10 +477,14 @@ class TIP(ClassificationMethod):
             raise ConfigError(f"tip finetune must be 'linear' or 'full', not '{finetune}'")
         if finetune == "linear" and not checkpoint:
             raise ConfigError("tip finetune: linear probes a pre-trained backbone: set model.checkpoint to a pre-training run")
+        if probe_bn not in ("train", "eval"):
+            raise ConfigError(f"tip probe_bn must be 'train' or 'eval', not '{probe_bn}'")
         if head_input not in HEAD_INPUTS:
             raise ConfigError(f"tip head_input must be one of {list(HEAD_INPUTS)}, not '{head_input}'")
         self.checkpoint = checkpoint
         self.finetune = finetune
+        # only a linear probe freezes the backbone, so only it can hold the statistics fixed
+        self.frozen_statistics = finetune == "linear" and probe_bn == "eval"
         self.head_input = head_input
         if backbone is None:
             backbone = (
@@ -501,6 +508,7 @@ class TIP(ClassificationMethod):
         self._pretrained_loaded = False
         if finetune == "linear":
             self.backbone.requires_grad_(False)
+        if self.frozen_statistics:
             # Lightning restores each submodule's own mode around validation rather than
             # calling train(), so the frozen backbone must start in eval mode
             self.backbone.eval()
@@ -556,7 +564,7 @@ class TIP(ClassificationMethod):
 
     def train(self, mode: bool = True) -> "TIP":
         super().train(mode)
-        if self.finetune == "linear":
+        if self.frozen_statistics:
             self.backbone.eval()
         return self
 
@@ -564,7 +572,8 @@ class TIP(ClassificationMethod):
     def phase_name(self) -> str:
         """The training phase, for the run's progress lines (holomodal.training.RunConsole)."""
         if self.finetune == "linear":
-            return "fine-tuning: linear probe on the frozen pre-trained backbone"
+            statistics = "batch-norm statistics fixed" if self.frozen_statistics else "batch-norm statistics adapting"
+            return f"fine-tuning: linear probe on the frozen pre-trained backbone ({statistics})"
         return "fine-tuning: full, backbone trained" + (" from pre-training" if self.checkpoint else " from scratch")
 
     # ---- forward -----------------------------------------------------------------------------
