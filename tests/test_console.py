@@ -116,10 +116,13 @@ def test_i2m2_says_when_its_experts_start_training_jointly(own_tables, tmp_path,
     out, err = capsys.readouterr()
     assert noise_in(out + err) == []
     lines = [line for line in out.splitlines() if line.startswith(("phase:", "epoch "))]
-    assert [line.split("  ")[0] for line in lines] == [
-        "phase: each expert trained alone (from epoch 1)", "epoch 1/2",
-        "phase: all experts trained jointly, as a product of experts (from epoch 2)", "epoch 2/2",
-    ]
+    # each expert a run of its own first (one epoch each), then the joint run from their best weights
+    experts = [line for line in lines if line.startswith("phase: expert ")]
+    assert [line.split("'")[1] for line in experts] == ["tabular", "inter"]  # the own tables: one modality
+    assert all(f"its own run in {run / 'experts'}" in line for line in experts)
+    joint = [line.split("  ")[0] for line in lines[lines.index(next(l for l in lines if "jointly" in l)):]]
+    assert joint == ["phase: all experts trained jointly, as a product of experts, from their own runs' best "
+                     "weights (experts/) (from epoch 1)", "epoch 1/2", "epoch 2/2"]
     assert "phase: all experts trained jointly" in (run / LOG_FILE).read_text()
 
 

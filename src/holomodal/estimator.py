@@ -59,6 +59,7 @@ DEFAULT_EARLY_STOPPING = {"patience": 10, "min_delta": 0.0002}
 LOWER_IS_BETTER = ("rmse", "mae", "loss")
 MODEL_DIR = "model"
 MEMBERS_DIR = "members"  # an ensemble's members' run folders, inside its own
+EXPERTS_DIR = "experts"  # the run folders of the experts a method fits before its own run (I2M2's), inside its own
 log = logging.getLogger("holomodal")
 
 
@@ -224,6 +225,11 @@ class Classifier:
         ``RUN/members/<name>/``, or takes ``members``: classifiers already fitted on this
         ``train``, by name; then it weighs them on ``val``, which it needs.
 
+        A method with ``expert_fits`` (``i2m2`` with ``init: pretrained_experts``) has its
+        experts fitted first, each as a run of its own in ``RUN/experts/<name>/``, and starts
+        its own run from their best weights; a resumed run skips them, its checkpoint holding
+        those weights.
+
         Semi-supervised methods (``stil``, ``fixmatch``, ...) also learn from unlabelled
         rows: the rows of ``train`` whose label is empty, and the table ``unlabeled``. A label
         that ``unlabeled`` does hold is hidden from training and only measures how often the
@@ -247,6 +253,10 @@ class Classifier:
         # processes it launches inherit the folder's name through the environment
         rank, run_dir = process_run_dir(self.run_dir, self.data_name, self.method)
         if rank == 0:
+            if resume and resume_checkpoint(run_dir) is None and (run_dir / EXPERTS_DIR).is_dir():
+                raise RunFolderError(f"cannot resume '{run_dir}': it stopped while fitting its experts (in "
+                                     f"'{run_dir / EXPERTS_DIR}'), before its own run wrote a checkpoint; "
+                                     "train again in a new run folder")
             check_run_dir(run_dir, resume=resume)
         start_from = self._resume_checkpoint(run_dir) if resume else None
         L.seed_everything(self.seed, workers=True, verbose=False)
@@ -266,7 +276,7 @@ class Classifier:
         if members is not None:  # the record names the members as a fresh ensemble would fit them
             self.model = {**self.model, "members": [{"name": n, "method": m.method, "model": m.model} for n, m in members.items()]}
         self.model = METHODS.get(self.method).resolve_options(self._context(), self.model)
-        self.plan_ = MissingnessPlan.from_config(self.missing)
+        self.plan_ = MissingnessPlan.from_config(self.missing).for_run(self.seed)
         if self.plan_.needs_ranking:
             labels = self.preprocessor_.encode_labels(train[self.schema.label.name]).numpy()
             self.plan_.fit(self.preprocessor_.tabular_matrix(train), labels)
@@ -289,6 +299,8 @@ class Classifier:
             self.best_checkpoint_ = ""
             self._finish_run(val)
             return self
+        if start_from is None:  # a resumed run's checkpoint holds the experts' weights already
+            self._fit_experts(train, val, rank)
         # Lightning's CSV logger deletes an existing metrics.csv: keep the resumed run's history
         earlier_log = read_log(self.run_dir_ / "metrics.csv") if resume and rank == 0 else None
         trainer = self._make_trainer(has_val=val_batch is not None)
@@ -369,6 +381,26 @@ class Classifier:
             summary["hidden_labels"] = int((hidden >= 0).sum())
         batch.extras[HIDDEN_TARGET] = hidden
         return batch, summary
+
+    def _fit_experts(self, train: pd.DataFrame, val: pd.DataFrame | None, rank: int) -> None:
+        """Fit the runs a method asks for before its own (``expert_fits``: I2M2's
+        ``pretrained_experts``), each a classifier of its own in ``RUN/experts/<name>/`` with
+        its best validation epoch kept, and load those weights into the method's sub-modules."""
+        expert_fits = getattr(self.model_, "expert_fits", None)
+        if expert_fits is None:
+            return
+        from holomodal.console import say
+
+        for name, (method, options, optim, epochs, target) in expert_fits().items():
+            folder = self.run_dir_ / EXPERTS_DIR / name
+            if rank == 0:
+                say(f"phase: expert '{name}' trained alone ({method}, {epochs} epoch(s), its own run in {folder})")
+            params = {**self.get_params(), "method": method, "model": options, "optim": optim,
+                      "trainer": {**self.trainer, "max_epochs": epochs}}
+            expert = Classifier(self.schema, **params, run_dir=folder)
+            expert.fit(train, val)
+            share_run_dir(self.run_dir_)  # the expert's fit named its own folder there
+            target.load_state_dict(expert.model_.state_dict(), strict=True)
 
     def _fit_directly(self, train: pd.DataFrame, val: pd.DataFrame | None, train_batch: Batch,
                       val_batch: Batch | None, members: dict[str, "Classifier"] | None) -> None:
@@ -576,7 +608,7 @@ class Classifier:
     def _plan_for(self, missing: Sequence[str | dict] | None) -> MissingnessPlan | None:
         if missing is None:
             return None
-        plan = MissingnessPlan.from_config(missing)
+        plan = MissingnessPlan.from_config(missing).for_run(self.seed)
         plan.ranking_ = self.plan_.ranking_
         if plan.needs_ranking and plan.ranking_ is None:
             raise DataError("most/least-important feature masking needs the ranking fitted with the model: "

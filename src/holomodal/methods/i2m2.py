@@ -10,11 +10,18 @@ cross-entropy trains the combined prediction (no per-expert losses, no learned e
 weights; spec section 2.1). An absent modality's intra expert contributes zero logits,
 i.e. a uniform factor; the inter expert sees the presence flags through its fusion.
 
-``init: pretrained_experts`` follows the paper's recommended recipe: for the first
-``expert_epochs`` epochs every expert is trained alone on its own cross-entropy (the
-experts share no parameters, so summing their losses is the same as separate runs), then
-all are fine-tuned jointly on the product's cross-entropy. ``joint: false`` never
-switches, which gives the intra-only baseline "sum of unimodal experts, each trained alone".
+``init: pretrained_experts`` follows the original's two stages. First every expert is a
+run of its own (``late_fusion``, in ``RUN/experts/<modality>`` and ``RUN/experts/inter``):
+``expert_epochs`` epochs with its own optimiser (``expert_optim``, merged over the run's
+``optim``) and its own best-validation checkpoint. The estimator runs these fits before the
+joint run (:meth:`I2M2.expert_fits`) and loads each expert's best weights into this module.
+Then the joint run fine-tunes the product for the run's ``max_epochs``, at a lower learning
+rate (``joint_optim``, merged over ``optim``; by default a tenth of its lr and weight decay
+1e-4) with gradient clipping by norm (``joint_gradient_clip``, 8), as the original's joint
+stage; the run's best epoch is chosen from the joint epochs alone. ``joint: false`` trains
+every expert alone on its own loss for the whole run instead, which gives the intra-only
+baseline "sum of unimodal experts, each trained alone". ``init: scratch`` trains the product
+jointly from the start with the run's own optimiser.
 
 For regression every expert predicts a mean and has a learned variance σ²_e (one per
 expert, not per row), and the product of the present experts' Gaussians is again a
@@ -38,6 +45,12 @@ from holomodal.methods import register_method
 from holomodal.methods.base import ClassificationMethod, ModelContext
 from holomodal.methods.late_fusion import LateFusion
 
+# the original's joint stage: a tenth of the experts' learning rate, weight decay 1e-4, and
+# gradients clipped to norm 8 (spec 2.2.1, optimiser row)
+JOINT_LR_FACTOR = 0.1
+JOINT_WEIGHT_DECAY = 1e-4
+JOINT_GRADIENT_CLIP = 8.0
+
 
 @register_method("i2m2")
 class I2M2(ClassificationMethod):
@@ -51,6 +64,9 @@ class I2M2(ClassificationMethod):
         init: str = "scratch",
         expert_epochs: int = 0,
         joint: bool = True,
+        expert_optim: dict[str, Any] | None = None,
+        joint_optim: dict[str, Any] | None = None,
+        joint_gradient_clip: float | None = JOINT_GRADIENT_CLIP,
         optim: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(context, optim)
@@ -58,16 +74,55 @@ class I2M2(ClassificationMethod):
             raise ConfigError(f"i2m2 init must be 'scratch' or 'pretrained_experts', not '{init}'")
         if not set(experts) <= {"intra", "inter"} or not experts:
             raise ConfigError(f"i2m2 experts must be a non-empty subset of ['intra', 'inter'], got {list(experts)}")
-        self.expert_epochs = expert_epochs if init == "pretrained_experts" else 0
         self.joint = joint
+        # experts fitted as runs of their own, then fine-tuned together: the original's recipe
+        self.staged = init == "pretrained_experts" and joint
+        if self.staged and (isinstance(expert_epochs, bool) or not isinstance(expert_epochs, int) or expert_epochs < 1):
+            raise ConfigError(f"i2m2 init 'pretrained_experts' fits every expert alone for model.expert_epochs epochs "
+                              f"before the joint run: set it to 1 or more, got {expert_epochs!r}")
+        if joint_gradient_clip is not None and (isinstance(joint_gradient_clip, bool) or
+                                                not isinstance(joint_gradient_clip, (int, float)) or joint_gradient_clip <= 0):
+            raise ConfigError(f"i2m2 joint_gradient_clip must be a positive number (the gradient norm the joint stage "
+                              f"clips to) or null, got {joint_gradient_clip!r}")
+        self.expert_epochs = expert_epochs if self.staged else 0
+        self.expert_optim_cfg = {**(optim or {}), **(expert_optim or {})}
+        self.joint_gradient_clip = joint_gradient_clip if self.staged else None
+        if self.staged:
+            run_optim = self.optim_cfg
+            self.optim_cfg = {**run_optim, "lr": run_optim["lr"] * JOINT_LR_FACTOR, "weight_decay": JOINT_WEIGHT_DECAY,
+                              **(joint_optim or {})}
+        self.intra_options = {"encoders": encoders, "head": head}
+        self.inter_options = dict(inter or {"encoders": encoders, "head": head})
         self.intra = nn.ModuleDict()
         if "intra" in experts:
             for m in context.modalities:
-                self.intra[m] = LateFusion(context, encoders=encoders, head=head, modalities=[m])
-        self.inter = LateFusion(context, **(inter or {"encoders": encoders, "head": head})) if "inter" in experts else None
+                self.intra[m] = LateFusion(context, **self.intra_options, modalities=[m])
+        self.inter = LateFusion(context, **self.inter_options) if "inter" in experts else None
         if self.is_regression:
             names = [*self.intra, *(["inter"] if self.inter is not None else [])]
             self.log_variance = nn.ParameterDict({n: nn.Parameter(torch.zeros(())) for n in names})
+
+    def expert_fits(self) -> dict[str, tuple[str, dict[str, Any], dict[str, Any], int, nn.Module]]:
+        """The runs the estimator fits before this one (``init: pretrained_experts``), by
+        folder name: (method, model options, optim, epochs, the sub-module their best
+        weights are loaded into); empty when the experts are not pre-trained."""
+        if not self.staged:
+            return {}
+        fits: dict[str, tuple[str, dict[str, Any], dict[str, Any], int, nn.Module]] = {}
+        for m, expert in self.intra.items():
+            options = {k: v for k, v in self.intra_options.items() if v is not None}
+            fits[m] = ("late_fusion", {**options, "modalities": [m]}, dict(self.expert_optim_cfg), self.expert_epochs, expert)
+        if self.inter is not None:
+            options = {k: v for k, v in self.inter_options.items() if v is not None}
+            fits["inter"] = ("late_fusion", options, dict(self.expert_optim_cfg), self.expert_epochs, self.inter)
+        return fits
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        # the trainer's own setting (trainer.gradient_clip_val) wins when the user gives one
+        if gradient_clip_val is None and self.joint_gradient_clip is not None:
+            gradient_clip_val, gradient_clip_algorithm = float(self.joint_gradient_clip), gradient_clip_algorithm or "norm"
+        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm)
 
     def expert_logits(self, batch: Batch) -> dict[str, Tensor]:
         """Each expert's logits; an absent modality's intra expert gives zeros."""
@@ -114,13 +169,15 @@ class I2M2(ClassificationMethod):
 
     @property
     def training_experts_alone(self) -> bool:
-        return not self.joint or self.current_epoch < self.expert_epochs
+        return not self.joint
 
     @property
     def phase_name(self) -> str:
         """The training phase, for the run's progress lines (holomodal.training.RunConsole)."""
         if self.training_experts_alone:
             return "each expert trained alone"
+        if self.staged:
+            return "all experts trained jointly, as a product of experts, from their own runs' best weights (experts/)"
         return "all experts trained jointly, as a product of experts"
 
     def training_loss(self, batch: Batch) -> Tensor:
