@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _results import write_results
+from _results import split_by_significance, write_results
 
 from holomodal.config import load_config, to_container
 from holomodal.experiment import classifier_from_config, load_splits
@@ -110,7 +110,7 @@ def intervals(raw: dict, task: str, seeds: list[int]) -> tuple[dict, list[str]]:
     target = raw["_target"].numpy()
     for eta in ETAS:
         for metric in spec["metrics"]:
-            wins, losses, ties = [], [], 0
+            differences = []
             for variant, per_seed in raw["probabilities"].items():
                 runs = [per_seed[s][eta] for s in seeds]
                 out.setdefault(variant, {})[f"{eta}|{metric}"] = seed_bootstrap([[p] for p in runs], target, kind, n_classes,
@@ -120,13 +120,8 @@ def intervals(raw: dict, task: str, seeds: list[int]) -> tuple[dict, list[str]]:
                 pairs = [(raw["probabilities"][REFERENCE][s][eta], per_seed[s][eta]) for s in seeds]
                 d = seed_bootstrap(pairs, target, kind, n_classes, metric, n_boot=N_BOOT)
                 out[variant][f"{eta}|{metric}|{REFERENCE}_minus"] = d
-                text = f"{variant} ({d['value']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}])"
-                if d["low"] > 0:
-                    wins.append(text)
-                elif d["high"] < 0:
-                    losses.append(text)
-                else:
-                    ties += 1
+                differences.append((variant, d))
+            wins, losses, ties = split_by_significance(differences, digits=4)
             lines.append(f"- {metric} at eta={eta}: I2M2 significantly better than {', '.join(wins) or 'none'}; "
                          f"significantly worse than {', '.join(losses) or 'none'}; {ties} difference(s) within the noise.")
     return out, lines

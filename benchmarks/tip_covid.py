@@ -193,16 +193,10 @@ def _intervals(results: dict[str, Any], seeds: list[int], methods: list[str]) ->
 
 def _significance(differences: dict[str, dict[str, Any]]) -> str:
     """One sentence: which paired differences to the reference exclude 0, and how many do not."""
-    wins, losses, ties = [], [], 0
-    for method, row in differences.items():
-        for condition, d in row.items():
-            text = f"{method} at {condition} ({d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}])"
-            if d["low"] > 0:
-                wins.append(text)
-            elif d["high"] < 0:
-                losses.append(text)
-            else:
-                ties += 1
+    from _results import split_by_significance
+
+    wins, losses, ties = split_by_significance([(f"{method} at {condition}", d) for method, row in differences.items()
+                                                for condition, d in row.items()])
     return (f"Against {REFERENCE} (paired by seed, masks and rows; 95 % interval of the AUROC difference): "
             + (f"significantly better: {'; '.join(wins)}. " if wins else "no method is significantly better anywhere. ")
             + (f"Significantly worse: {'; '.join(losses)}. " if losses else "None is significantly worse. ")
@@ -349,7 +343,7 @@ def main() -> None:
     results["table"] = table
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=2))
+    out.with_suffix(".json").write_text(json.dumps(results))  # compact: it holds every test probability
     out.with_suffix(".md").write_text(markdown)
     print(markdown)
     print(f"written {out.with_suffix('.md')} and .json; total {total / 60:.1f} min", flush=True)
