@@ -86,7 +86,7 @@ class ImageAugmentation:
         which TIP uses: the order changes the result, since each step clamps to [0, 1])."""
         b, c = x.shape[:2]
         per_image = (b, 1, 1, 1)
-        steps = []  # each step(images, rows): the step on ``images``, which are the batch's ``rows``
+        steps = []  # each step(images, rows): the step on ``images``, which are the batch's ``rows`` (indices or a slice)
         if self.brightness:
             factor = draw.uniform(max(0.0, 1 - self.brightness), 1 + self.brightness).view(per_image)
             steps.append(lambda j, rows, f=factor: (j * f[rows]).clamp(0, 1))
@@ -99,10 +99,9 @@ class ImageAugmentation:
         if self.hue and c == 3:
             shift = draw.uniform(-self.hue, self.hue)
             steps.append(lambda j, rows, s=shift: shift_hue(j, s[rows]))
-        everyone = torch.arange(b, device=x.device)
         if not self.jitter_random_order or len(steps) < 2:
             for step in steps:
-                x = step(x, everyone)
+                x = step(x, slice(None))  # a view of the factors: no gather in the training step
             return x
         # position k of a row's random permutation names the step it takes k-th; in round k
         # each step runs once, on the rows whose turn it is
