@@ -1,25 +1,29 @@
 """Training throughput at DVM's shapes: holomodal's step against the seeds' way of training.
 
-For each workload (TIP pre-training, TIP full fine-tuning, late fusion; ResNet-50 at 128 px,
-17 table features: 4 categorical with DVM's cardinalities and 13 continuous, 286 classes,
-batch 256) one run measures
+For each workload (TIP pre-training and late fusion by default, TIP full fine-tuning on
+request; ResNet-50, 17 table features: 4 categorical with DVM's cardinalities and 13
+continuous, 286 classes) the variants are
 
   (a) ours: the method's Lightning training step fed by holomodal's input pipeline (images
-      decoded once to uint8, batches gathered by one index per tensor, pinned, augmented
-      on the device), precision ``auto`` (bf16-mixed where supported), channels_last,
-      fused Adam, optionally ``--compile``;
-  (b) reference: the same model and losses in plain fp32 eager PyTorch, fed the seeds' way:
-      a Dataset that loads each sample's image file (``.npy``, as TIP's DVM loader) and
-      augments it alone with torchvision, corrupts the table row in Python, default
-      collation, DataLoader workers;
-  (c) the timm image model alone, forward + backward + optimiser step on device tensors at
+      decoded once to uint8, batches gathered by one index per tensor, augmented on the
+      device), precision ``auto`` (bf16-mixed on GPUs and CPUs with native bf16),
+      channels_last, fused Adam; eager, and compiled (``run.compile``);
+  (b) reference: the same model and losses in fp32 eager PyTorch with torch's default Adam,
+      fed the seeds' way: a Dataset that loads each sample's image file (``.npy``, as
+      TIP's DVM loader) and augments it alone with torchvision, corrupts the table row in
+      Python, default collation, DataLoader workers;
+  (c) the timm image model alone, forward + backward + fused Adam step on device tensors at
       the same batch size and precision (the bound for any model built on it);
-  (d) the input pipeline alone: (a)'s batches moved to the device and augmented, no model;
+  (d) the input pipeline alone: (a)'s batches moved to the device and augmented, no model.
 
-plus peak GPU memory. Samples are synthetic (random images written as JPEG and ``.npy``,
-random table cells with 10 % missing) because only shapes matter here.
+A single timing of a few steps is at the mercy of whatever else the machine does, so the
+variants take turns: after warm-up rounds (compilation), each round runs one block of steps
+of every variant, each ratio is taken within a round, and the table gives its min / median /
+max over the rounds. The JSON records the CPU model, threads and torch version. Samples are
+synthetic (random images written as JPEG and ``.npy``, random table cells with 10 % missing)
+because only shapes matter here.
 
-    python benchmarks/throughput.py                      # GPU, the full table
+    python benchmarks/throughput.py                      # CPU: batch 32, 64 px; GPU: batch 256, 128 px
     python benchmarks/throughput.py --quick              # tiny shapes, any machine (smoke test)
 """
 
@@ -29,6 +33,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import tempfile
 import time
 import warnings
@@ -47,7 +52,7 @@ DVM_CLASSES = 286
 WORKLOADS = ("tip_pretrain", "tip_finetune", "late_fusion")
 # TIP's device-side image augmentation per workload (late fusion trains on the images as they are)
 AUGMENT = {"tip_pretrain": {"preset": "natural", "rate": 0.95}, "tip_finetune": {"preset": "natural_finetune", "rate": 0.8}}
-QUICK = {"image_model": "test_resnet", "image_size": 32, "batch_size": 8, "rows": 48, "steps": 3, "warmup": 1,
+QUICK = {"image_model": "test_resnet", "image_size": 32, "batch_size": 8, "rows": 48, "steps": 2, "pairs": 2, "warmup_rounds": 1,
          "dim": 16, "depth": 1, "heads": 2, "reference_workers": 0}
 
 
@@ -183,34 +188,32 @@ def as_batch(sample: dict[str, torch.Tensor], image: str) -> Any:
     )
 
 
-# ---- timing helpers ------------------------------------------------------------------------------
+# ---- the measured variants: each times a block of steps after one untimed step ------------------
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def reset_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
 
 
 def peak_gib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
-class StepTimer(L.Callback):
-    """Times optimiser steps ``warmup`` .. the end of training, synchronising only at the two ends."""
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    return torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else None
 
-    def __init__(self, warmup: int, device: torch.device) -> None:
-        self.warmup, self.device = warmup, device
+
+class StepTimer(L.Callback):
+    """Times the optimiser steps after the first of a fit, synchronising only at the two ends."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
         self.start: float | None = None
         self.first = 0
         self.steps = 0
         self.seconds = float("nan")
 
     def on_train_batch_start(self, trainer: L.Trainer, module: Any, batch: Any, batch_idx: int) -> None:
-        if self.start is None and trainer.global_step == self.warmup:
+        if self.start is None and trainer.global_step == 1:
             sync(self.device)
             self.start = time.perf_counter()
             self.first = trainer.global_step
@@ -221,142 +224,231 @@ class StepTimer(L.Callback):
         self.steps = trainer.global_step - self.first
 
 
-# ---- the four measurements ----------------------------------------------------------------------
-def measure_ours(workload: str, train: Any, pre: Any, schema: Any, args: argparse.Namespace, device: torch.device) -> dict:
-    from holomodal.compilation import compile_callbacks
-    from holomodal.training import auto_precision
-    from holomodal.loading import make_loader
+class Ours:
+    """(a) holomodal's training step: a Lightning fit of the method on holomodal's loader,
+    precision ``auto``, fused Adam, channels_last; ``compiled`` adds ``run.compile``. Each
+    block is a fresh ``Trainer.fit`` of the same module (compiled modules stay compiled)."""
 
-    module = build_module(workload, pre, schema, args, ours=True)
-    timer = StepTimer(args.warmup, device)
-    precision = auto_precision() if args.precision == "auto" else args.precision
-    trainer = L.Trainer(
-        accelerator=device.type, devices=1, precision=precision, max_steps=args.warmup + args.steps, max_epochs=-1,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, callbacks=[timer, *compile_callbacks(args.compile)],
-    )
-    reset_memory(device)
-    trainer.fit(module, make_loader(train, args.batch_size, shuffle=True, drop_last=True))
-    return {"samples_per_s": timer.steps * args.batch_size / timer.seconds, "peak_gib": peak_gib(device),
-            "precision": precision, "steps": timer.steps}
+    def __init__(self, workload: str, train: Any, pre: Any, schema: Any, args: argparse.Namespace, device: torch.device,
+                 compiled: bool) -> None:
+        from holomodal.loading import make_loader
+        from holomodal.training import auto_precision
 
+        torch.manual_seed(0)
+        self.module = build_module(workload, pre, schema, args, ours=True)
+        self.loader = make_loader(train, args.batch_size, shuffle=True, drop_last=True)
+        self.precision = auto_precision(device.type) if args.precision == "auto" else args.precision
+        self.compiled, self.device = compiled, device
 
-def measure_reference(workload: str, train: Any, pre: Any, schema: Any, args: argparse.Namespace, device: torch.device,
-                      folder: Path) -> dict:
-    image = next(m for m in pre.processors if m != "tabular")
-    torch.manual_seed(0)
-    module = build_module(workload, pre, schema, args, ours=False).to(device).train()
-    strip_device_augmentation(workload, module)
-    optimiser = torch.optim.Adam(module.parameters(), lr=3e-4, weight_decay=1.5e-6)
-    dataset = PerSampleDataset(train, folder, workload, image, args.image_size)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                                         num_workers=args.reference_workers, pin_memory=device.type == "cuda",
-                                         persistent_workers=args.reference_workers > 0)
-    reset_memory(device)
-    done, start = 0, None
-    while done < args.warmup + args.steps:
-        for sample in loader:
-            if done == args.warmup:
-                sync(device)
-                start = time.perf_counter()
-            batch = as_batch(sample, image).to(device)
-            loss = reference_loss(workload, module, batch)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            done += 1
-            if done == args.warmup + args.steps:
-                break
-    sync(device)
-    return {"samples_per_s": args.steps * args.batch_size / (time.perf_counter() - start), "peak_gib": peak_gib(device)}
+    def block(self, steps: int) -> float:
+        from holomodal.compilation import compile_callbacks
+
+        timer = StepTimer(self.device)
+        trainer = L.Trainer(
+            accelerator=self.device.type, devices=1, precision=self.precision, max_steps=1 + steps, max_epochs=-1,
+            logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+            num_sanity_val_steps=0, callbacks=[timer, *compile_callbacks(self.compiled)],
+        )
+        trainer.fit(self.module, self.loader)
+        return timer.seconds / timer.steps
 
 
-def measure_image_model(args: argparse.Namespace, device: torch.device) -> dict:
-    import timm
+class Reference:
+    """(b) the same model and losses in fp32 eager PyTorch with torch's default Adam, fed the
+    seeds' way (per-sample file loading and augmentation in DataLoader workers)."""
 
-    from holomodal.training import auto_precision
+    def __init__(self, workload: str, train: Any, pre: Any, schema: Any, args: argparse.Namespace, device: torch.device,
+                 folder: Path) -> None:
+        self.workload, self.device = workload, device
+        self.image = next(m for m in pre.processors if m != "tabular")
+        torch.manual_seed(0)
+        self.module = build_module(workload, pre, schema, args, ours=False).to(device).train()
+        strip_device_augmentation(workload, self.module)
+        self.optimiser = torch.optim.Adam(self.module.parameters(), lr=3e-4, weight_decay=1.5e-6)
+        dataset = PerSampleDataset(train, folder, workload, self.image, args.image_size)
+        workers = args.reference_workers
+        self.loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                                                  num_workers=workers, pin_memory=device.type == "cuda",
+                                                  persistent_workers=workers > 0)
 
-    model = timm.create_model(args.image_model, num_classes=0).to(device).to(memory_format=torch.channels_last).train()
-    fused = {"fused": True} if device.type == "cuda" else {}
-    optimiser = torch.optim.Adam(model.parameters(), lr=3e-4, **fused)
-    x = torch.rand(args.batch_size, 3, args.image_size, args.image_size, device=device).contiguous(memory_format=torch.channels_last)
-    precision = auto_precision() if args.precision == "auto" else args.precision
-    dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else None
-    reset_memory(device)
-    for i in range(args.warmup + args.steps):
-        if i == args.warmup:
-            sync(device)
-            start = time.perf_counter()
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = model(x).float().mean()
-        optimiser.zero_grad(set_to_none=True)
+    def step(self, sample: dict[str, torch.Tensor]) -> None:
+        batch = as_batch(sample, self.image).to(self.device)
+        loss = reference_loss(self.workload, self.module, batch)
+        self.optimiser.zero_grad()
         loss.backward()
-        optimiser.step()
-    sync(device)
-    return {"samples_per_s": args.steps * args.batch_size / (time.perf_counter() - start), "peak_gib": peak_gib(device)}
+        self.optimiser.step()
+
+    def block(self, steps: int) -> float:
+        samples = iter(self.loader)
+        self.step(next(samples))
+        sync(self.device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.step(next(samples))
+        sync(self.device)
+        return (time.perf_counter() - start) / steps
 
 
-def measure_pipeline(workload: str, train: Any, args: argparse.Namespace, device: torch.device) -> dict:
-    from holomodal.augment import build_image_augmentation, marginal_corruption
-    from holomodal.loading import make_loader
+class ImageModel:
+    """(c) the timm image model alone: forward, backward and fused Adam step on device tensors
+    at the same batch size and precision (the bound for any model built on it)."""
 
-    augment = build_image_augmentation(AUGMENT.get(workload))
-    image = next(m for m in train.inputs if m != "tabular")
-    loader = make_loader(train, args.batch_size, shuffle=True, drop_last=True)
-    total = max(args.warmup + args.steps, 4 * args.steps)  # the pipeline is fast: time more batches
-    done, start, checksum = 0, None, torch.zeros((), device=device)
-    while done < total:
-        for batch in loader:
-            if done == args.warmup:
-                sync(device)
-                start = time.perf_counter()
-            batch = batch.to(device, non_blocking=True)
-            pixels = batch.inputs[image]["pixels"]
-            if augment is not None:
-                pixels = augment(pixels)
-                table, _ = marginal_corruption(batch.inputs["tabular"], batch.cell_missing, 0.3)
-                checksum += table["continuous"].sum()
-            checksum += pixels.float().mean()
-            done += 1
-            if done == total:
-                break
-    sync(device)
-    return {"samples_per_s": (total - args.warmup) * args.batch_size / (time.perf_counter() - start)}
+    def __init__(self, args: argparse.Namespace, device: torch.device) -> None:
+        import timm
+
+        from holomodal.training import auto_precision
+
+        torch.manual_seed(0)
+        self.model = timm.create_model(args.image_model, num_classes=0).to(device).to(memory_format=torch.channels_last).train()
+        self.optimiser = torch.optim.Adam(self.model.parameters(), lr=3e-4, fused=True)
+        self.x = torch.rand(args.batch_size, 3, args.image_size, args.image_size, device=device).contiguous(
+            memory_format=torch.channels_last)
+        precision = auto_precision(device.type) if args.precision == "auto" else args.precision
+        self.dtype, self.device = autocast_dtype(precision), device
+
+    def step(self) -> None:
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            loss = self.model(self.x).float().mean()
+        self.optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimiser.step()
+
+    def block(self, steps: int) -> float:
+        self.step()
+        sync(self.device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        sync(self.device)
+        return (time.perf_counter() - start) / steps
 
 
-# ---- the run -----------------------------------------------------------------------------------
-def ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a and b else None
+class Pipeline:
+    """(d) holomodal's input pipeline alone: (a)'s batches moved to the device and augmented."""
+
+    def __init__(self, workload: str, train: Any, args: argparse.Namespace, device: torch.device) -> None:
+        from holomodal.augment import build_image_augmentation
+        from holomodal.loading import make_loader
+
+        self.augment = build_image_augmentation(AUGMENT.get(workload))
+        self.image = next(m for m in train.inputs if m != "tabular")
+        self.loader = make_loader(train, args.batch_size, shuffle=True, drop_last=True)
+        self.device = device
+
+    def step(self, batch: Any) -> torch.Tensor:
+        from holomodal.augment import marginal_corruption
+
+        batch = batch.to(self.device, non_blocking=True)
+        pixels = batch.inputs[self.image]["pixels"]
+        checksum = torch.zeros((), device=self.device)
+        if self.augment is not None:
+            pixels = self.augment(pixels)
+            table, _ = marginal_corruption(batch.inputs["tabular"], batch.cell_missing, 0.3)
+            checksum += table["continuous"].sum()
+        return checksum + pixels.float().mean()
+
+    def block(self, steps: int) -> float:
+        batches = iter(self.loader)
+        self.step(next(batches))
+        sync(self.device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.step(next(batches))
+        sync(self.device)
+        return (time.perf_counter() - start) / steps
+
+
+# ---- paired rounds ----------------------------------------------------------------------------
+def spread(values: list[float]) -> dict[str, Any]:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values), "values": values}
+
+
+def measure_workload(workload: str, variants: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Every variant runs one block per round, in turn (a, a compiled, b, c, d): the rounds
+    after the warm-up ones pair the variants under the same machine load, and each ratio is
+    taken within a round before its min/median/max over rounds."""
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    for round_ in range(args.warmup_rounds + args.pairs):
+        timed = round_ >= args.warmup_rounds
+        for name, variant in variants.items():
+            per_step = variant.block(args.steps)
+            if timed:
+                seconds[name].append(per_step)
+        label = "warm-up" if not timed else f"round {round_ - args.warmup_rounds + 1}/{args.pairs}"
+        if timed:
+            print(f"  {workload} {label}: " + ", ".join(f"{n} {args.batch_size / s[-1]:.1f}" for n, s in seconds.items())
+                  + " samples/s", flush=True)
+        else:
+            print(f"  {workload} {label} done", flush=True)
+    speed = {name: [args.batch_size / s for s in values] for name, values in seconds.items()}
+    ratios: dict[str, Any] = {}
+    eager, compiled, reference = speed["ours"], speed.get("ours_compiled"), speed["reference"]
+    ratios["ours/reference"] = spread([a / b for a, b in zip(eager, reference)])
+    best = "ours"
+    if compiled:
+        ratios["ours_compiled/reference"] = spread([a / b for a, b in zip(compiled, reference)])
+        ratios["ours_compiled/ours"] = spread([a / b for a, b in zip(compiled, eager)])
+        if ratios["ours_compiled/reference"]["median"] > ratios["ours/reference"]["median"]:
+            best = "ours_compiled"
+    ratios["best/reference"] = {**ratios[f"{best}/reference"], "variant": best}
+    if "image_model" in speed:
+        ratios["best/image_model"] = spread([a / c for a, c in zip(speed[best], speed["image_model"])])
+    if "pipeline" in speed:
+        ratios["pipeline/best"] = spread([d / a for d, a in zip(speed["pipeline"], speed[best])])
+    return {"samples_per_s": {name: spread(values) for name, values in speed.items()}, "ratios": ratios}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    from holomodal.training import cpu_has_native_bf16
+
+    info = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "cpu_native_bf16": cpu_has_native_bf16(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    info["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else info["cpu"]
+    return info
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    cuda = torch.cuda.is_available()
+    parser.add_argument("--workloads", default="tip_pretrain,late_fusion", help=f"any of {', '.join(WORKLOADS)}")
     parser.add_argument("--image-model", default="resnet50")
-    parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--rows", type=int, default=2048, help="synthetic samples (the loaders cycle over them)")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (cuDNN autotuning, compilation)")
+    parser.add_argument("--image-size", type=int, default=128 if cuda else 64)
+    parser.add_argument("--batch-size", type=int, default=256 if cuda else 32)
+    parser.add_argument("--rows", type=int, default=1024, help="synthetic samples (the loaders cycle over them)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per block (after one untimed step)")
+    parser.add_argument("--pairs", type=int, default=5, help="timed rounds: each variant runs one block per round")
+    parser.add_argument("--warmup-rounds", type=int, default=1, help="untimed rounds first (compilation, autotuning)")
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--precision", default="auto", help="ours and (c): auto = bf16-mixed where supported, else 32-true")
-    parser.add_argument("--compile", action="store_true", help="ours: torch.compile the encoders and fusion")
+    parser.add_argument("--precision", default="auto", help="(a) and (c): auto = bf16-mixed where supported, else 32-true")
+    parser.add_argument("--compile", choices=("both", "off", "only"), default="both",
+                        help="(a) eager and compiled (both), eager only (off), compiled only (only)")
+    parser.add_argument("--no-parts", action="store_true", help="skip (c) and (d), time only (a) against (b)")
     parser.add_argument("--reference-workers", type=int, default=min(8, os.cpu_count() or 1))
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if cuda else "cpu")
     parser.add_argument("--quick", action="store_true", help="tiny shapes and few steps: checks that the script runs")
-    parser.add_argument("--out", help="JSON file (default benchmarks/results/throughput[-quick].json)")
+    parser.add_argument("--out", help="JSON file (default benchmarks/results/throughput-<cpu|cuda>[-quick].json)")
     args = parser.parse_args()
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, value)
-    args.out = args.out or f"benchmarks/results/throughput{'-quick' if args.quick else ''}.json"
+    device = torch.device(args.device)
+    args.out = args.out or f"benchmarks/results/throughput-{device.type}{'-quick' if args.quick else ''}.json"
     workloads = [w for w in args.workloads.split(",") if w]
     unknown = sorted(set(workloads) - set(WORKLOADS))
     if unknown:
         parser.error(f"unknown workload(s) {unknown}; known: {list(WORKLOADS)}")
-    device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     warnings.filterwarnings("ignore")
@@ -366,6 +458,8 @@ def main() -> None:
 
     from holomodal.preprocessing import Preprocessor
 
+    info = machine(device)
+    print(f"{info['device']}: {info['threads']} threads, torch {info['torch']}, native bf16 {info['cpu_native_bf16']}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         start = time.perf_counter()
@@ -373,27 +467,31 @@ def main() -> None:
         pre = Preprocessor(schema).fit(frame)
         train, _ = pre.transform(frame)
         print(f"data: {args.rows} synthetic rows written and encoded in {time.perf_counter() - start:.1f} s", flush=True)
+        image_model = None if args.no_parts else ImageModel(args, device)
         results: dict[str, Any] = {}
-        image_model = measure_image_model(args, device)
-        print(f"(c) {args.image_model} alone: {image_model['samples_per_s']:.1f} samples/s", flush=True)
         for workload in workloads:
-            row = {"ours": measure_ours(workload, train, pre, schema, args, device)}
-            print(f"{workload} (a) ours: {row['ours']['samples_per_s']:.1f} samples/s", flush=True)
-            row["reference"] = measure_reference(workload, train, pre, schema, args, device, folder)
-            print(f"{workload} (b) reference: {row['reference']['samples_per_s']:.1f} samples/s", flush=True)
-            row["image_model"] = image_model
-            row["pipeline"] = measure_pipeline(workload, train, args, device)
-            print(f"{workload} (d) pipeline: {row['pipeline']['samples_per_s']:.1f} samples/s", flush=True)
-            a = row["ours"]["samples_per_s"]
-            row["ratios"] = {"a/b": ratio(a, row["reference"]["samples_per_s"]), "a/c": ratio(a, image_model["samples_per_s"]),
-                             "d/a": ratio(row["pipeline"]["samples_per_s"], a)}
-            results[workload] = row
+            variants: dict[str, Any] = {}
+            if args.compile != "only":
+                variants["ours"] = Ours(workload, train, pre, schema, args, device, compiled=False)
+            if args.compile != "off":
+                variants["ours_compiled"] = Ours(workload, train, pre, schema, args, device, compiled=True)
+            if "ours" not in variants:  # the ratios are named after the eager variant
+                variants = {"ours": variants.pop("ours_compiled")}
+            variants["reference"] = Reference(workload, train, pre, schema, args, device, folder)
+            if image_model is not None:
+                variants["image_model"] = image_model
+                variants["pipeline"] = Pipeline(workload, train, args, device)
+            results[workload] = measure_workload(workload, variants, args)
+            results[workload]["precision"] = variants["ours"].precision
+            results[workload]["peak_gib"] = peak_gib(device)
+            best = results[workload]["ratios"]["best/reference"]
+            print(f"{workload}: best ({best['variant']}) / reference = {best['median']:.2f} "
+                  f"(min {best['min']:.2f}, max {best['max']:.2f})", flush=True)
 
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    record = {"device": device_name, "torch": torch.__version__, "settings": vars(args), "results": results}
+    record = {"machine": info, "settings": vars(args), "results": results}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2))
+    out.write_text(json.dumps(record, indent=1))
     print_table(record)
     print(f"written {out}")
 
@@ -402,23 +500,18 @@ def print_table(record: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    def fmt(v: float | None, spec: str = ".1f") -> str:
-        return "-" if v is None else format(v, spec)
-
-    s = record["settings"]
-    table = Table(title=f"samples/s on {record['device']}: {s['image_model']} {s['image_size']} px, batch {s['batch_size']}, "
-                        f"{s['steps']} timed steps")
-    for col in ("workload", "(a) ours", "(b) reference", "(c) image model", "(d) pipeline", "a/b", "a/c", "d/a",
-                "peak GiB a / b"):
-        table.add_column(col, justify="right" if col != "workload" else "left")
+    s, m = record["settings"], record["machine"]
+    table = Table(title=f"{m['device']} ({m['threads']} threads, torch {m['torch']}): {s['image_model']} {s['image_size']} px, "
+                        f"batch {s['batch_size']}; {s['pairs']} paired rounds of {s['steps']} steps; ratios min / median / max")
+    for col in ("workload", "samples/s (median)", "ratio", "min", "median", "max"):
+        table.add_column(col, justify="left" if col in ("workload", "samples/s (median)", "ratio") else "right")
     for name, row in record["results"].items():
-        r = row["ratios"]
-        table.add_row(
-            name, fmt(row["ours"]["samples_per_s"]), fmt(row["reference"]["samples_per_s"]), fmt(row["image_model"]["samples_per_s"]),
-            fmt(row["pipeline"]["samples_per_s"]), fmt(r["a/b"], ".2f"), fmt(r["a/c"], ".2f"), fmt(r["d/a"], ".2f"),
-            f"{fmt(row['ours']['peak_gib'], '.2f')} / {fmt(row['reference']['peak_gib'], '.2f')}",
-        )
-    Console(width=160).print(table)
+        speeds = ", ".join(f"{k} {v['median']:.1f}" for k, v in row["samples_per_s"].items())
+        for i, (ratio_name, r) in enumerate(row["ratios"].items()):
+            label = ratio_name + (f" ({r['variant']})" if "variant" in r else "")
+            table.add_row(name if i == 0 else "", speeds if i == 0 else "", label, f"{r['min']:.2f}", f"{r['median']:.2f}",
+                          f"{r['max']:.2f}")
+    Console(width=200).print(table)
 
 
 if __name__ == "__main__":

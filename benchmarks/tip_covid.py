@@ -101,7 +101,11 @@ def _worker_init() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 
 
-def pretrain_job(variant: str, seed: int, run_root: str) -> dict[str, Any]:
+def _trainer(epochs: int, precision: str | None) -> dict[str, Any]:
+    return {"max_epochs": epochs, "enable_progress_bar": False, **({"precision": precision} if precision else {})}
+
+
+def pretrain_job(variant: str, seed: int, run_root: str, precision: str | None = None) -> dict[str, Any]:
     import pandas as pd
 
     from holomodal.config import load_config, to_container
@@ -115,21 +119,22 @@ def pretrain_job(variant: str, seed: int, run_root: str) -> dict[str, Any]:
     start = time.perf_counter()
     pre = Pretrainer(
         schema, model=model, optim={**cfg["optim"], "lr": SCALE["pretrain_lr"], "warmup_epochs": SCALE["warmup_epochs"]},
-        batch_size=SCALE["batch_size"], seed=seed, trainer={"max_epochs": SCALE["pretrain_epochs"], "enable_progress_bar": False},
+        batch_size=SCALE["batch_size"], seed=seed, trainer=_trainer(SCALE["pretrain_epochs"], precision),
         run_dir=Path(run_root) / f"pretrain-{variant}-{seed}", loggers=["csv"], data_name="covid_cxr",
     ).fit(frame, splits["val"])
     return {"checkpoint": str(pre.checkpoint_), "seconds": round(time.perf_counter() - start, 1),
             "last_epoch": {k: round(v, 4) for k, v in pre.metrics_.items()}}
 
 
-def finetune_job(method: str, seed: int, condition: str, checkpoint: str | None, run_root: str) -> dict[str, Any]:
+def finetune_job(method: str, seed: int, condition: str, checkpoint: str | None, run_root: str,
+                 precision: str | None = None) -> dict[str, Any]:
     from holomodal.config import load_config, to_container
     from holomodal.estimator import Classifier
 
     source, options = METHODS[method]
     schema, splits = _data()
     probe = options.get("finetune") == "linear"
-    trainer = {"max_epochs": SCALE["probe_epochs" if probe else "finetune_epochs"], "enable_progress_bar": False}
+    trainer = _trainer(SCALE["probe_epochs" if probe else "finetune_epochs"], precision)
     if source is not None:
         cfg = to_container(load_config(["covid_cxr_tip_finetune"]))
         model = {**cfg["model"], **options, "checkpoint": checkpoint}

@@ -52,3 +52,22 @@ def test_hue_shift_turns_colours_and_keeps_grey_and_luma():
     torch.testing.assert_close(grayscale(turned), grayscale(colours), atol=1e-4, rtol=0)
     grey = colours[:, :1].expand(-1, 3, -1, -1).contiguous()
     torch.testing.assert_close(hue_only(grey, torch.Generator().manual_seed(0)), grey, atol=1e-5, rtol=0)
+
+
+def test_a_bf16_training_step_augments_real_images_exactly_as_fp32_does():
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from holomodal.data.paths import resolve_data_root
+
+    files = sorted((resolve_data_root(dataset="emoji") / "emoji" / "google").glob("*.png"))[:16]
+    images = torch.from_numpy(np.stack([np.asarray(Image.open(f).convert("RGB").resize((32, 32))) for f in files]))
+    images = images.permute(0, 3, 1, 2).contiguous()
+    augment = PRESETS["natural"]
+    plain = augment(images, torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = augment(images, torch.Generator().manual_seed(0))
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, plain, rtol=0, atol=0)

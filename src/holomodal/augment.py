@@ -63,8 +63,11 @@ class ImageAugmentation:
     def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
         draw = _Draw(x.shape[0], x.device, generator)
-        out = self._colour(x, draw)
-        out = self._geometry(out, draw)
+        # pixels stay fp32 under a bf16 training step: the same augmented images whatever
+        # the precision, and no mix of dtypes where jittered rows are written back
+        with torch.autocast(x.device.type, enabled=False):
+            out = self._colour(x, draw)
+            out = self._geometry(out, draw)
         return torch.where(draw.coin(self.rate).view(-1, 1, 1, 1), out, x)
 
     def _colour(self, x: Tensor, draw: "_Draw") -> Tensor:

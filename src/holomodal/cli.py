@@ -359,9 +359,10 @@ PREPARERS = {"dvm": "the DVM-Car release", "mmimdb": "the unpacked mmimdb.tar.gz
 
 
 def _cache(args: argparse.Namespace) -> int:
-    """Decode every image file of a data set once into the memory-mapped cache."""
+    """Decode every image and audio file of a data set once into the memory-mapped cache."""
     from rich.progress import Progress
 
+    from holomodal.preprocessing.audio import AudioProcessor
     from holomodal.preprocessing.image import ImageProcessor
     from holomodal.preprocessing.image_cache import cache_root
     from holomodal.schema import Modality
@@ -383,15 +384,19 @@ def _cache(args: argparse.Namespace) -> int:
         schema, frame, name = bundle.schema, bundle.frame, bundle.name
     else:
         raise HolomodalError("'holomodal data cache' needs a data set name, or --schema and --table for your own files")
-    columns = schema.of(Modality.IMAGE)
-    if not columns:
-        raise HolomodalError(f"'{name}' has no image column: nothing to cache")
-    for column in columns:
-        proc = ImageProcessor(column, "missing", schema.allow_outside_root, schema.max_image_pixels)
+    images, clips = schema.of(Modality.IMAGE), schema.of(Modality.AUDIO)
+    if not images and not clips:
+        raise HolomodalError(f"'{name}' has no image or audio column: nothing to cache")
+    processors = [(ImageProcessor(c, "missing", schema.allow_outside_root, schema.max_image_pixels), "image(s)") for c in images]
+    processors += [(AudioProcessor(c, "missing", schema.allow_outside_root), "clip(s)") for c in clips]
+    for proc, things in processors:
+        column = proc.column
         with Progress(transient=True) as bar:
             task = bar.add_task(f"decoding {column.name}", total=int(frame[column.name].notna().sum()))
             counts = proc.build_cache(frame, progress=lambda n: bar.advance(task, n))
-        print(f"{name} column '{column.name}' ({proc.channels}x{proc.size}x{proc.size}): {counts['added']} image(s) added, "
+        shape = (f"{proc.channels}x{proc.size}x{proc.size}" if isinstance(proc, ImageProcessor)
+                 else f"{proc.n_mels} mels x {proc.frames} frames at {proc.sample_rate} Hz")
+        print(f"{name} column '{column.name}' ({shape}): {counts['added']} {things} added, "
               f"{counts['cached']} already cached, {counts['failed']} unreadable or missing")
     print(f"cache folder: {cache_root()}")
     return 0
@@ -601,7 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.set_defaults(func=cmd_export)
 
     data = sub.add_parser("data", help="list, describe or check data sets (bundled or your own); infer a schema; "
-                                       "prepare a public one; cache images")
+                                       "prepare a public one; cache decoded images and audio")
     data.add_argument("action", choices=["list", "describe", "check", "infer", "prepare", "cache"])
     data.add_argument("name", nargs="?", help="a bundled data set; for infer, your table (CSV or parquet)")
     data.add_argument("--root", help="data folder (default $HOLOMODAL_DATA or ../shared/data); for prepare, the downloaded release")

@@ -284,10 +284,19 @@ def quiet_adverts() -> None:
             notices.addFilter(_NoAdverts())
 
 
-def auto_precision() -> str:
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16-mixed"
-    return "32-true"
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 matrix products in hardware (AVX512-BF16 or AMX):
+    elsewhere bf16 autocast converts back and forth and runs slower than fp32."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def auto_precision(accelerator: str | None = "auto") -> str:
+    """``precision: auto``: bf16 mixed precision on a GPU that supports it, or, when training
+    on the CPU, on a CPU with native bf16; fp32 elsewhere."""
+    on_gpu = accelerator in (None, "auto", "gpu", "cuda") and torch.cuda.is_available()
+    if on_gpu:
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
+    return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
 
 
 def make_loggers(names: Sequence[str], run_dir: Path, experiment: str | None = None) -> list[Any]:
@@ -315,7 +324,7 @@ def trainer_options(trainer: dict[str, Any]) -> dict[str, Any]:
     """The ``lightning.Trainer`` keyword arguments of a run's ``trainer`` settings."""
     cfg = {k: v for k, v in trainer.items() if v is not None and k != EARLY_STOPPING}
     if cfg.get("precision") == "auto":
-        cfg["precision"] = auto_precision()
+        cfg["precision"] = auto_precision(cfg.get("accelerator", "auto"))
     return cfg
 
 
@@ -503,6 +512,6 @@ def update_records(run_dir: Path, pending: dict[str, str]) -> None:
 
 __all__ = [
     "DEFAULT_TRAINER", "KNOWN_LOGGERS", "AtomicCheckpointIO", "EpochSeed", "LastCheckpoint", "RunCheckpoint",
-    "RunConsole", "auto_precision", "build_trainer",
+    "RunConsole", "auto_precision", "build_trainer", "cpu_has_native_bf16",
     "check_loggers", "make_loggers", "merge_log", "read_log", "run_fit", "update_records", "write_records",
 ]
