@@ -6,7 +6,7 @@ continuous, 286 classes) the variants are
 
   (a) ours: the method's Lightning training step fed by holomodal's input pipeline (images
       decoded once to uint8, batches gathered by one index per tensor, augmented on the
-      device), precision ``auto`` (bf16-mixed on GPUs and CPUs with native bf16),
+      device), precision ``auto`` (bf16-mixed on GPUs, and here on CPUs with native bf16, where holomodal has it opt-in),
       channels_last, fused Adam; eager, and compiled (``run.compile``);
   (b) reference: the same model and losses in fp32 eager PyTorch with torch's default Adam,
       fed the seeds' way: a Dataset that loads each sample's image file (``.npy``, as
@@ -232,12 +232,10 @@ class Ours:
     def __init__(self, workload: str, train: Any, pre: Any, schema: Any, args: argparse.Namespace, device: torch.device,
                  compiled: bool) -> None:
         from holomodal.loading import make_loader
-        from holomodal.training import auto_precision
-
         torch.manual_seed(0)
         self.module = build_module(workload, pre, schema, args, ours=True)
         self.loader = make_loader(train, args.batch_size, shuffle=True, drop_last=True)
-        self.precision = auto_precision(device.type) if args.precision == "auto" else args.precision
+        self.precision = resolve_precision(args.precision, device)
         self.compiled, self.device = compiled, device
 
     def block(self, steps: int) -> float:
@@ -296,14 +294,12 @@ class ImageModel:
     def __init__(self, args: argparse.Namespace, device: torch.device) -> None:
         import timm
 
-        from holomodal.training import auto_precision
-
         torch.manual_seed(0)
         self.model = timm.create_model(args.image_model, num_classes=0).to(device).to(memory_format=torch.channels_last).train()
         self.optimiser = torch.optim.Adam(self.model.parameters(), lr=3e-4, fused=True)
         self.x = torch.rand(args.batch_size, 3, args.image_size, args.image_size, device=device).contiguous(
             memory_format=torch.channels_last)
-        precision = auto_precision(device.type) if args.precision == "auto" else args.precision
+        precision = resolve_precision(args.precision, device)
         self.dtype, self.device = autocast_dtype(precision), device
 
     def step(self) -> None:
@@ -356,6 +352,15 @@ class Pipeline:
             self.step(next(batches))
         sync(self.device)
         return (time.perf_counter() - start) / steps
+
+
+def resolve_precision(setting: str, device: torch.device) -> str:
+    """``auto`` is holomodal's choice, and bf16-mixed on a CPU with native bf16 (opt-in there)."""
+    from holomodal.training import auto_precision, cpu_has_native_bf16
+
+    if setting != "auto":
+        return setting
+    return "bf16-mixed" if device.type == "cpu" and cpu_has_native_bf16() else auto_precision(device.type)
 
 
 # ---- paired rounds ----------------------------------------------------------------------------

@@ -1,22 +1,22 @@
-"""The CPU speed defaults: ``precision: auto`` picks bf16 mixed precision only where the CPU
-computes bf16 natively, and Adam/AdamW are fused on the CPU with the same updates as torch's
-per-tensor loop."""
+"""The CPU speed defaults: ``precision: auto`` stays fp32 on the CPU (bf16 is opt-in there) and
+reports where the CPU computes bf16 natively; Adam/AdamW are fused on the CPU with the same
+updates as torch's per-tensor loop."""
 
 import pytest
 import torch
 
 from holomodal.methods.base import build_optimizer
-from holomodal.training import auto_precision, trainer_options
+from holomodal.training import auto_precision, cpu_has_native_bf16, trainer_options
 
 
-@pytest.mark.parametrize("avx512_bf16, amx, expected", [
-    (False, False, "32-true"), (True, False, "bf16-mixed"), (False, True, "bf16-mixed"),
-])
-def test_auto_precision_on_the_cpu_follows_native_bf16(monkeypatch, avx512_bf16, amx, expected):
+@pytest.mark.parametrize("avx512_bf16, amx, native", [(False, False, False), (True, False, True), (False, True, True)])
+def test_auto_precision_on_the_cpu_is_fp32_and_native_bf16_is_detected(monkeypatch, avx512_bf16, amx, native):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
-    assert auto_precision("cpu") == expected
-    assert trainer_options({"precision": "auto", "accelerator": "cpu"})["precision"] == expected
+    assert cpu_has_native_bf16() is native
+    assert auto_precision("cpu") == "32-true"
+    assert trainer_options({"precision": "auto", "accelerator": "cpu"})["precision"] == "32-true"
+    assert trainer_options({"precision": "bf16-mixed", "accelerator": "cpu"})["precision"] == "bf16-mixed"
     # a precision the user names is kept as it is
     assert trainer_options({"precision": "32-true", "accelerator": "cpu"})["precision"] == "32-true"
 
@@ -24,8 +24,6 @@ def test_auto_precision_on_the_cpu_follows_native_bf16(monkeypatch, avx512_bf16,
 def test_a_cuda_machine_training_on_its_cpu_decides_by_the_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     assert auto_precision("auto") == "bf16-mixed"
     assert auto_precision("cpu") == "32-true"
 

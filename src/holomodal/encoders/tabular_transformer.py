@@ -14,9 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from holomodal.attention import attention
 from holomodal.encoders import register_encoder
 from holomodal.encoders.base import Encoder, require
 from holomodal.errors import ConfigError
@@ -48,7 +48,7 @@ class PreNormBlock(nn.Module):
             # under autocast q is half precision and SDPA wants the mask in the same dtype;
             # -1e9 becomes -inf in float16, harmless since the diagonal is never masked
             bias = bias.to(q.dtype)
-        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.dropout if self.training else 0.0)
+        attn = attention(q, k, v, bias, self.dropout if self.training else 0.0)
         x = x + self.proj_drop(self.proj(attn.transpose(1, 2).reshape(b, n, d)))
         return x + self.mlp(self.norm2(x))
 

@@ -27,9 +27,9 @@ as one token each.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from holomodal.attention import attention
 from holomodal.errors import ConfigError
 from holomodal.fusion import register_fusion
 
@@ -54,7 +54,7 @@ class SelfAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         q, k, v = self.qkv(x).chunk(3, dim=-1)
         h = self.heads
-        attn = F.scaled_dot_product_attention(_split_heads(q, h), _split_heads(k, h), _split_heads(v, h))
+        attn = attention(_split_heads(q, h), _split_heads(k, h), _split_heads(v, h))
         return self.out(_merge_heads(attn))
 
 
@@ -72,7 +72,7 @@ class CrossAttention(nn.Module):
         h = self.heads
         mask = None if keys is None else keys[:, None, None, :]
         q = _split_heads(self.query(x), h)
-        attn = F.scaled_dot_product_attention(q, _split_heads(k, h), _split_heads(v, h), attn_mask=mask)
+        attn = attention(q, _split_heads(k, h), _split_heads(v, h), mask)
         return self.out(_merge_heads(attn))
 
 
