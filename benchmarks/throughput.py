@@ -198,6 +198,17 @@ def peak_gib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
+def seconds_per_step(step: Any, steps: int, device: torch.device) -> float:
+    """Mean seconds of ``steps`` calls of ``step`` after one untimed call, synchronised at both ends."""
+    step()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return (time.perf_counter() - start) / steps
+
+
 def autocast_dtype(precision: str) -> torch.dtype | None:
     return torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else None
 
@@ -278,13 +289,7 @@ class Reference:
 
     def block(self, steps: int) -> float:
         samples = iter(self.loader)
-        self.step(next(samples))
-        sync(self.device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            self.step(next(samples))
-        sync(self.device)
-        return (time.perf_counter() - start) / steps
+        return seconds_per_step(lambda: self.step(next(samples)), steps, self.device)
 
 
 class ImageModel:
@@ -310,13 +315,7 @@ class ImageModel:
         self.optimiser.step()
 
     def block(self, steps: int) -> float:
-        self.step()
-        sync(self.device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            self.step()
-        sync(self.device)
-        return (time.perf_counter() - start) / steps
+        return seconds_per_step(self.step, steps, self.device)
 
 
 class Pipeline:
@@ -345,13 +344,7 @@ class Pipeline:
 
     def block(self, steps: int) -> float:
         batches = iter(self.loader)
-        self.step(next(batches))
-        sync(self.device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            self.step(next(batches))
-        sync(self.device)
-        return (time.perf_counter() - start) / steps
+        return seconds_per_step(lambda: self.step(next(batches)), steps, self.device)
 
 
 def resolve_precision(setting: str, device: torch.device) -> str:
