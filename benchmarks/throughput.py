@@ -94,7 +94,7 @@ def write_data(folder: Path, rows: int, size: int, seed: int = 0) -> tuple[Any, 
 
 # ---- the models ------------------------------------------------------------------------------
 def build_module(workload: str, pre: Any, schema: Any, args: argparse.Namespace, *, ours: bool) -> Any:
-    from holomodal.methods import ModelContext, create_method
+    from holomodal.methods import ModelContext, create_method, lightning_class
     from holomodal.methods.tip import TIPPretraining
 
     image = {"name": "timm", "model_name": args.image_model, "normalize": False, "channels_last": ours}
@@ -105,7 +105,7 @@ def build_module(workload: str, pre: Any, schema: Any, args: argparse.Namespace,
     if workload == "tip_pretrain":
         model = {"encoders": {"image": image, "tabular": tabular}, "interaction": interaction,
                  "augment": AUGMENT[workload]}
-        return TIPPretraining(pre.input_specs, types, model=model, optim=optim)
+        return lightning_class(TIPPretraining)(pre.input_specs, types, model=model, optim=optim)
     context = ModelContext(pre.input_specs, types, pre.num_classes, "multiclass", list(pre.classes_))
     if workload == "tip_finetune":
         return create_method("tip", context, finetune="full", encoders={"image": image, "tabular": tabular},

@@ -12,6 +12,7 @@ import torch
 from tiny import TINY_ENCODERS, small_schema
 import holomodal.estimator as estimator
 import holomodal.pretraining as pretraining
+import holomodal.training as training
 from holomodal.config import load_config
 from holomodal.config_check import checked_config
 from holomodal.errors import ConfigError
@@ -77,7 +78,8 @@ def test_classifier_and_pretrainer_get_the_same_trainer_pieces(rows, table_only,
         built.append(real(*args, **kwargs))
         return built[-1]
 
-    monkeypatch.setattr(estimator, "build_trainer", spy)
+    # the estimator imports holomodal.training when it trains, and calls build_trainer through it
+    monkeypatch.setattr(training, "build_trainer", spy)
     monkeypatch.setattr(pretraining, "build_trainer", spy)
     schema, frame = rows
     Classifier(schema, model={"encoders": {m: TINY_ENCODERS[m] for m in ("image", "tabular")}}, batch_size=16,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Callable, TypeVar
+import importlib
+from typing import Any, Callable, Mapping, TypeVar
 
 from holomodal.errors import ConfigError
 
@@ -15,11 +16,16 @@ class Registry:
 
     Unknown names raise :class:`ConfigError` listing the known ones, so a typo in a
     configuration file reads as a user error rather than a ``KeyError`` traceback.
+
+    ``modules`` maps names to the module that registers them: such a name is known (listed,
+    ``in``) before its module is imported, which happens the first time it is asked for, so
+    that one entry's heavy imports are paid only by the runs that use it.
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, modules: Mapping[str, str] | None = None) -> None:
         self.kind = kind
         self._entries: dict[str, Callable[..., Any]] = {}
+        self._modules = dict(modules or {})
 
     def register(self, name: str) -> Callable[[T], T]:
         def decorator(factory: T) -> T:
@@ -31,19 +37,28 @@ class Registry:
         return decorator
 
     def get(self, name: str) -> Callable[..., Any]:
+        if name not in self._entries and name in self._modules:
+            importlib.import_module(self._modules[name])
+            if name not in self._entries:  # a wrong table entry, not a user's typo
+                raise LookupError(f"{self.kind} '{name}': module '{self._modules[name]}' does not register it")
         if name not in self._entries:
-            known = ", ".join(sorted(self._entries)) or "none"
+            known = ", ".join(self.list()) or "none"
             raise ConfigError(f"unknown {self.kind} '{name}' (known: {known})")
         return self._entries[name]
 
     def create(self, name: str, *args: Any, **kwargs: Any) -> Any:
         return self.get(name)(*args, **kwargs)
 
+    def load_all(self) -> None:
+        """Import every module of ``modules``, so that all entries are registered."""
+        for module in sorted(set(self._modules.values())):
+            importlib.import_module(module)
+
     def list(self, pattern: str = "*") -> list[str]:
-        return sorted(n for n in self._entries if fnmatch.fnmatch(n, pattern))
+        return sorted(n for n in self._entries.keys() | self._modules.keys() if fnmatch.fnmatch(n, pattern))
 
     def __contains__(self, name: str) -> bool:
-        return name in self._entries
+        return name in self._entries or name in self._modules
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._entries.keys() | self._modules.keys())

@@ -12,6 +12,9 @@ ending in ``_`` (``preprocessor_``, ``model_``, ``plan_``, ``run_dir_``).
 Deep methods train with a Lightning trainer; ``gbdt``, ``linear`` and ``ensemble`` fit in
 one step on the whole encoded split (``fits_directly``) and write the same run folder,
 without checkpoints or training curves.
+
+Lightning is imported by training only: :meth:`Classifier.load` rebuilds the method as a
+plain torch module and predicts with it in inference mode, batch by batch.
 """
 
 from __future__ import annotations
@@ -22,9 +25,8 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import lightning as L
 import numpy as np
 import pandas as pd
 import torch
@@ -46,10 +48,10 @@ from holomodal.safe_load import (
     DamagedFileError, check_checkpoint, load_checkpoint, load_safetensors, read_json, require_keys,
 )
 from holomodal.schema import Modality, Schema, Task, row_list
-from holomodal.training import (
-    DEFAULT_TRAINER, build_trainer, check_loggers, merge_log, read_log, run_fit, saved_preprocessor, update_records,
-    write_records,
-)
+from holomodal.trainer_defaults import DEFAULT_TRAINER
+
+if TYPE_CHECKING:
+    import lightning as L
 
 FORMAT_VERSION = 1
 # supervised runs stop once the monitored metric has not improved for this many validation
@@ -67,6 +69,16 @@ log = logging.getLogger("holomodal")
 def _rebuild_error(path: Path, exc: BaseException) -> DamagedFileError:
     text = str(exc).strip().splitlines()
     return DamagedFileError(path, f"cannot rebuild the model it describes ({type(exc).__name__}: {text[0] if text else ''})")
+
+
+def use_fast_inference_layout(model: torch.nn.Module) -> None:
+    """Convolutional timm backbones of a model rebuilt to predict run in NHWC: a quarter fewer
+    CPU-seconds for ResNet-10-T at 128 px on a CPU, probabilities within 1e-7 of NCHW's."""
+    from holomodal.encoders.timm_image import TimmImageEncoder
+
+    for module in model.modules():
+        if isinstance(module, TimmImageEncoder) and not module.channels_last and module.convolutional:
+            module.use_channels_last()
 
 
 def without_pretrained(options: Any) -> Any:
@@ -202,10 +214,12 @@ class Classifier:
         return ModelContext(pre.input_specs, types, pre.num_classes, self.schema.task.value, list(pre.classes_),
                             train_rows=rows, label_scale=scale, unlabelled_rows=getattr(self, "unlabelled_rows_", None))
 
-    def _build_model(self) -> Any:
+    def _build_model(self, trainable: bool = True) -> Any:
+        """The method's model; ``trainable``: in its LightningModule form, else (to predict)
+        the plain torch module."""
         if self.fits_directly:  # no optimiser; the seed seeds the estimator
-            return create_method(self.method, self._context(), **{"seed": self.seed, **self.model})
-        return create_method(self.method, self._context(), optim=self.optim, **self.model)
+            return create_method(self.method, self._context(), trainable=False, **{"seed": self.seed, **self.model})
+        return create_method(self.method, self._context(), trainable=trainable, optim=self.optim, **self.model)
 
     # ---- fit ---------------------------------------------------------------------------
     def fit(
@@ -235,6 +249,10 @@ class Classifier:
         that ``unlabeled`` does hold is hidden from training and only measures how often the
         pseudo-labels are right (``pseudo/accuracy`` in the training log), as in a
         ``data.label_fraction`` run."""
+        import lightning as L
+
+        from holomodal.training import check_loggers, merge_log, read_log, run_fit, saved_preprocessor, update_records
+
         # everything that can fail on the user's data runs before the run folder is touched
         if self.fits_directly and resume:
             raise RunFolderError(f"method '{self.method}' fits in one step, with nothing to resume: train it again")
@@ -498,6 +516,8 @@ class Classifier:
 
     def _write_run_record(self, record: dict[str, Any] | None, train_summary: dict, val_summary: dict | None,
                           resume: bool) -> dict[str, str]:
+        from holomodal.training import write_records
+
         if record is None:
             record = {"config.yaml": self.config_record()}
         elif isinstance(record.get("config.yaml"), dict):
@@ -514,8 +534,10 @@ class Classifier:
         return pending
 
     def _make_trainer(self, has_val: bool) -> L.Trainer:
+        from holomodal import training
+
         monitor = self.monitor_metric if has_val else None
-        return build_trainer(
+        return training.build_trainer(
             self.run_dir_, self.trainer, seed=self.seed, loggers=self.loggers, experiment=self.data_name,
             compile=self.compile, monitor=monitor, mode=self.monitor_mode,
             checkpoint={"filename": "best", "monitor": monitor, "mode": self.monitor_mode},
@@ -717,7 +739,7 @@ class Classifier:
             clf.train_rows_ = (meta.get("context") or {}).get("train_rows")
             clf.unlabelled_rows_ = (meta.get("context") or {}).get("unlabelled_rows")
             clf.plan_ = MissingnessPlan.from_dict(meta["missingness"])
-            clf.model_ = clf._build_model()
+            clf.model_ = clf._build_model(trainable=False)
         except HolomodalError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
@@ -733,5 +755,6 @@ class Classifier:
             lines = str(exc).strip().splitlines()
             why = lines[1].strip() if len(lines) > 1 else lines[0] if lines else ""
             raise DamagedFileError(weights_file, f"its tensors do not fit the model '{meta_file.name}' describes ({why})") from None
+        use_fast_inference_layout(clf.model_)
         clf.model_.eval()
         return clf

@@ -10,15 +10,17 @@ from __future__ import annotations
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
 
 from holomodal.errors import DataError, HolomodalError, SchemaError
-from holomodal.estimator import Classifier
 from holomodal.schema import Modality, Task
 from holomodal.tables import PARQUET_SUFFIXES, read_table
+
+if TYPE_CHECKING:
+    from holomodal.estimator import Classifier
 
 # columns a prediction table may leave out: they describe rows, the model never reads them
 _OPTIONAL = (Modality.LABEL, Modality.ID, Modality.GROUP)
@@ -120,14 +122,13 @@ def predict_frame(clf: Classifier, frame: pd.DataFrame, *, source: str | None = 
     inputs = frame.drop(columns=[clf.schema.label.name], errors="ignore")
     with unreadable_policy(clf, on_unreadable):
         batch, summary = clf._encode(inputs, "test", None, with_target=False)
-        values = clf.predict(inputs) if clf.schema.task == Task.REGRESSION else None
     for column, count in (summary.get("unreadable_files") or {}).items():
         warnings.warn(f"{where}{count} file(s) in column '{column}' could not be read and count as missing "
                       "(the missing_ columns say which rows)", PredictionWarning, stacklevel=2)
-    if values is not None:
-        out = pd.DataFrame({"prediction": np.asarray(values).reshape(len(frame), -1)[:, 0]}, index=frame.index)
+    proba = clf._probabilities(batch)
+    if clf.schema.task == Task.REGRESSION:  # in the label's units, from the one encoding of the rows
+        out = pd.DataFrame({"prediction": clf.preprocessor_.decode_values(proba[:, 0])}, index=frame.index)
     else:
-        proba = clf._probabilities(batch)
         classes = clf.preprocessor_.classes_
         out = pd.DataFrame(proba, columns=[f"proba_{c}" for c in classes], index=frame.index)
         out["prediction"] = np.asarray(classes)[proba.argmax(axis=1)] if clf.schema.task != Task.MULTILABEL else [

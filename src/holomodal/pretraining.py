@@ -34,6 +34,7 @@ from holomodal.batch import Batch
 from holomodal.config import to_container
 from holomodal.errors import ConfigError, DataError, HolomodalError
 from holomodal.loading import make_loader
+from holomodal.methods.base import lightning_class
 from holomodal.preprocessing import Preprocessor
 from holomodal.runs import (
     check_run_dir, process_run_dir, resume_checkpoint, take_run_dir, write_json,
@@ -142,7 +143,7 @@ class TIPPretrainingMethod(PretrainingMethod):
         from holomodal.methods.tip import TIPPretraining
 
         types = {m: "tabular" if m == "tabular" else schema.modality_type(m).value for m in preprocessor.processors}
-        return TIPPretraining(preprocessor.input_specs, types, model=model, optim=optim, preprocessor=preprocessor.state_dict())
+        return lightning_class(TIPPretraining)(preprocessor.input_specs, types, model=model, optim=optim, preprocessor=preprocessor.state_dict())
 
 
 @register_pretraining("clip")
@@ -181,7 +182,7 @@ class CLIPPretrainingMethod(PretrainingMethod):
         from holomodal.methods.pretraining.clip import CLIPPretraining
 
         image, text = self._columns(schema, model)
-        return CLIPPretraining(resolve_backbone(model.get("backbone")), image, text, preprocessor.input_specs,
+        return lightning_class(CLIPPretraining)(resolve_backbone(model.get("backbone")), image, text, preprocessor.input_specs,
                                optim=optim, preprocessor=preprocessor.state_dict())
 
 
@@ -243,7 +244,7 @@ class MedSTPretrainingMethod(PretrainingMethod):
 
         frontal, lateral, text = self._columns(schema)
         options = {k: v for k, v in model.items() if k not in ("image_column", "text_column")}
-        return MedSTPretraining(preprocessor.input_specs, frontal, lateral, text, model=options, optim=optim,
+        return lightning_class(MedSTPretraining)(preprocessor.input_specs, frontal, lateral, text, model=options, optim=optim,
                                 preprocessor=preprocessor.state_dict())
 
 

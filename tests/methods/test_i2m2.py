@@ -12,7 +12,7 @@ import yaml
 from holomodal.batch import Batch
 from holomodal.errors import ConfigError, RunFolderError
 from holomodal.estimator import Classifier
-from holomodal.methods import ModelContext, create_method
+from holomodal.methods import ModelContext, create_method, lightning_class
 from holomodal.methods.i2m2 import I2M2
 
 
@@ -133,7 +133,9 @@ def _recording_fit(rows, run_dir, model, trainer=None):
         norms = [p.grad.norm() for p in module.parameters() if p.grad is not None]
         return float(torch.linalg.vector_norm(torch.stack(norms)))
 
-    real_clip = I2M2.clip_gradients
+    # clip_gradients is Lightning's: patched on the LightningModule form that training builds
+    trained_form = lightning_class(I2M2)
+    real_clip = trained_form.clip_gradients
 
     def clip_gradients(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         before = grad_norm(self)
@@ -143,7 +145,7 @@ def _recording_fit(rows, run_dir, model, trainer=None):
     schema, train, val = rows
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(I2M2, "on_fit_start", on_fit_start, raising=False)
-        mp.setattr(I2M2, "clip_gradients", clip_gradients)
+        mp.setattr(trained_form, "clip_gradients", clip_gradients)
         clf = Classifier(schema, method="i2m2",
                          model={"encoders": TINY, "head": {"hidden": 8}, "init": "pretrained_experts", **model},
                          optim=RUN_OPTIM, batch_size=16, trainer={**QUIET, "max_epochs": 2, **(trainer or {})},
@@ -216,7 +218,7 @@ def test_explicit_expert_and_joint_settings_win(rows, tmp_path):
 
 def test_the_trainers_own_clipping_wins_over_the_joint_default(monkeypatch):
     calls = []
-    monkeypatch.setattr(I2M2, "clip_gradients", lambda self, opt, gradient_clip_val=None, gradient_clip_algorithm=None:
+    monkeypatch.setattr(lightning_class(I2M2), "clip_gradients", lambda self, opt, gradient_clip_val=None, gradient_clip_algorithm=None:
                         calls.append((gradient_clip_val, gradient_clip_algorithm)))
     staged_model = create_method("i2m2", _context(), encoders=TINY, init="pretrained_experts", expert_epochs=1)
     staged_model.configure_gradient_clipping(None, None, None)

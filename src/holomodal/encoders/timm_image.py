@@ -123,6 +123,16 @@ class TimmImageEncoder(Encoder):
         if channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
 
+    @property
+    def convolutional(self) -> bool:
+        return any(isinstance(m, torch.nn.Conv2d) for m in self.backbone.modules())
+
+    def use_channels_last(self) -> None:
+        """From now on, run the backbone in NHWC (the ``channels_last`` option, after the fact);
+        the weights and their state-dict keys stay as they are."""
+        self.backbone = self.backbone.to(memory_format=torch.channels_last)
+        self.channels_last = True
+
     def _pixels(self, inputs: dict[str, Tensor], present: Tensor) -> Tensor:
         x = self.normalize(mask_absent(inputs["pixels"], present))
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x

@@ -1,28 +1,32 @@
 """What every classification method shares: loss, metrics, optimiser, prediction.
 
-A method is a LightningModule that composes encoders, a fusion module and a head; a
-subclass implements :meth:`forward` (``Batch -> logits``) and may override
-:meth:`training_loss`.
+A method is a torch module that composes encoders, a fusion module and a head; a subclass
+implements :meth:`forward` (``Batch -> logits``) and may override :meth:`training_loss`.
+It holds the Lightning hooks (``training_step``, ``configure_optimizers``, ...), and
+:func:`lightning_class` makes its LightningModule form, which training hands to a
+``lightning.Trainer``. A model rebuilt to predict is the plain module: predicting imports
+neither Lightning nor torchmetrics, whose imports cost several CPU-seconds.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-
+import sys
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import lightning as L
 import torch
 import torch.nn.functional as F
-import torchmetrics
 from torch import Tensor, nn
 
 from holomodal.batch import Batch
 from holomodal.errors import ConfigError, DataError
 from holomodal.schema import Task
+
+if TYPE_CHECKING:
+    import torchmetrics
 
 # encoder used for a modality type when the configuration names none
 DEFAULT_ENCODERS = {
@@ -39,18 +43,27 @@ SMALL_DATA_ROWS = 2000
 SMALL_DATA_ENCODERS = {"image": {"name": "timm", "model_name": "resnet10t", "pretrained": "auto"}}
 
 
-def build_optimizer(params: Any, name: str = "adam", **options: Any) -> torch.optim.Optimizer:
+def build_optimizer(params: Any, name: str = "adam", *, fused: bool = True, **options: Any) -> torch.optim.Optimizer:
     """An optimiser by name (adamw, adam, sgd, rmsprop). Adam/AdamW are fused (one kernel over
     all parameters instead of a loop over tensors: 3.5x faster steps on a CPU, fewer kernel
-    launches on a GPU); torch's fused kernels exist for both devices."""
+    launches on a GPU; torch's fused kernels exist for both devices) unless ``fused`` is False:
+    Lightning's mixed precision refuses to clip the gradients of a fused optimiser, which
+    unscales them inside its own step (see :func:`clips_gradients`)."""
     name = name.lower()
     if name in ("adam", "adamw"):
-        return (torch.optim.AdamW if name == "adamw" else torch.optim.Adam)(params, **options, fused=True)
+        return (torch.optim.AdamW if name == "adamw" else torch.optim.Adam)(params, **options, fused=fused)
     if name == "sgd":
         return torch.optim.SGD(params, **options)
     if name == "rmsprop":
         return torch.optim.RMSprop(params, **options)
     raise ConfigError(f"unknown optimiser '{name}' (adamw, adam, sgd, rmsprop)")
+
+
+def clips_gradients(module: Any) -> bool:
+    """The trainer running ``module`` clips gradients (``trainer.gradient_clip_val``), or the
+    module clips its own (a ``gradient_clip_norm`` that is not None, as I2M2's joint stage)."""
+    trainer = getattr(module, "_trainer", None)
+    return bool(trainer is not None and trainer.gradient_clip_val) or getattr(module, "gradient_clip_norm", None) is not None
 
 
 def warmup_cosine(epoch: int, warmup: int, total: int) -> float:
@@ -135,6 +148,8 @@ REGRESSION = "regression"
 
 
 def make_metrics(task: str, num_classes: int) -> torchmetrics.MetricCollection:
+    import torchmetrics
+
     if task == REGRESSION:
         return torchmetrics.MetricCollection(compute_groups=False, metrics={
             "rmse": torchmetrics.MeanSquaredError(squared=False),
@@ -254,7 +269,8 @@ class FiniteLossGuard:
     ``isfinite(loss)`` into a device-side flag (and keeps the first bad epoch and step on the
     device too); the flag is read every ``log_every_n_steps`` steps and at the end of every
     epoch, before validation and checkpointing, so the checkpoints of earlier epochs are
-    never replaced by diverged weights. Mixed into a LightningModule ahead of it.
+    never replaced by diverged weights. Mixed into a module ahead of ``nn.Module``; the hooks
+    run in the module's :func:`lightning_class` form.
     """
 
     _loss_finite: Tensor | None = None
@@ -305,15 +321,57 @@ class FiniteLossGuard:
         self.check_loss_finite()
 
 
-class ClassificationMethod(FiniteLossGuard, L.LightningModule):
+def is_lightning(module: Any) -> bool:
+    """``module`` is a LightningModule; False without importing Lightning when nothing has."""
+    lightning = sys.modules.get("lightning")
+    return lightning is not None and isinstance(module, lightning.LightningModule)
+
+
+# plain module class -> its LightningModule form, made once so that a patch of the plain
+# class (or of its form) holds for every model of the method
+_LIGHTNING_FORMS: dict[type, type] = {}
+
+
+def _new_lightning_form(plain: type) -> Any:
+    form = lightning_class(plain)
+    return form.__new__(form)
+
+
+def _reduce_lightning_form(self: Any, protocol: int) -> Any:
+    # the form is made at run time, so a pickle names the plain class and re-makes the form
+    _, _, *rest = object.__reduce_ex__(self, protocol)
+    return (_new_lightning_form, (type(self)._plain_class,), *rest)
+
+
+def lightning_class(cls: type) -> type:
+    """The LightningModule form of the module class ``cls``: a subclass of ``cls`` and of
+    ``lightning.LightningModule`` (in that order, so the method's hooks win), with the same
+    name, so that ``isinstance(model, cls)`` holds and the weights' keys are the same.
+    ``cls`` itself when it is a LightningModule already or no module (classical methods)."""
+    import lightning as L
+
+    if not isinstance(cls, type) or not issubclass(cls, nn.Module) or issubclass(cls, L.LightningModule):
+        return cls
+    form = _LIGHTNING_FORMS.get(cls)
+    if form is None:
+        form = type(cls.__name__, (cls, L.LightningModule), {
+            "__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__,
+            "__reduce_ex__": _reduce_lightning_form, "_plain_class": cls,
+        })
+        _LIGHTNING_FORMS[cls] = form
+    return form
+
+
+class ClassificationMethod(FiniteLossGuard, nn.Module):
     def __init__(self, context: ModelContext, optim: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.context = context
         self.task = context.task
         self.optim_cfg = {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4, **(optim or {})}
-        metrics = make_metrics(context.task, context.num_classes)
-        self.val_metrics = metrics.clone(prefix="val/")
-        self.test_metrics = metrics.clone(prefix="test/")
+        if is_lightning(self):  # only a training run logs metrics; predicting needs no torchmetrics
+            metrics = make_metrics(context.task, context.num_classes)
+            self.val_metrics = metrics.clone(prefix="val/")
+            self.test_metrics = metrics.clone(prefix="test/")
 
     @classmethod
     def resolve_options(cls, context: ModelContext, options: dict[str, Any]) -> dict[str, Any]:
@@ -384,7 +442,8 @@ class ClassificationMethod(FiniteLossGuard, L.LightningModule):
         cfg = dict(self.optim_cfg)
         scheduler = cfg.pop("scheduler", None)
         warmup = {k: cfg.pop(k) for k in ("warmup_epochs", "warmup_fraction") if k in cfg}
-        return with_scheduler(build_optimizer(self.parameter_groups(), **cfg), self.trainer, scheduler, **warmup)
+        optimizer = build_optimizer(self.parameter_groups(), **cfg, fused=not clips_gradients(self))
+        return with_scheduler(optimizer, self.trainer, scheduler, **warmup)
 
 
 SCHEDULERS = ("cosine", "warmup_cosine", "warmup_linear", "none")

@@ -313,7 +313,7 @@ class DynamicSubsetClassifier(ClassificationMethod):
         ce, pt, z, rows = self.subset_losses(batch, usages)
         if self.training:
             self.accumulate_prototypes(z.detach()[rows], batch.target.repeat(len(usages))[rows])
-        if self._trainer is not None:
+        if getattr(self, "_trainer", None) is not None:  # logged in a training run only
             self.log("train/ce", ce.detach(), on_step=False, on_epoch=True, batch_size=len(batch))
             self.log("train/prototype_loss", pt.detach(), on_step=False, on_epoch=True, batch_size=len(batch))
         return ce + self.prototype_loss_weight * pt

@@ -117,6 +117,11 @@ class I2M2(ClassificationMethod):
             fits["inter"] = ("late_fusion", options, dict(self.expert_optim_cfg), self.expert_epochs, self.inter)
         return fits
 
+    @property
+    def gradient_clip_norm(self) -> float | None:
+        """The norm the joint stage clips gradients to, read by :func:`~holomodal.methods.base.clips_gradients`."""
+        return self.joint_gradient_clip
+
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
                                     gradient_clip_algorithm: str | None = None) -> None:
         # the trainer's own setting (trainer.gradient_clip_val) wins when the user gives one

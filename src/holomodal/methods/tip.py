@@ -35,7 +35,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-import lightning as L
 import torch
 from torch import Tensor, nn
 
@@ -47,7 +46,7 @@ from holomodal.losses import ImageTabularContrastiveLoss, ImageTabularMatching, 
 from holomodal.losses.itm import sample_hard_negatives
 from holomodal.methods import register_method
 from holomodal.methods.base import (
-    ClassificationMethod, FiniteLossGuard, ModelContext, build_optimizer, with_scheduler,
+    ClassificationMethod, FiniteLossGuard, ModelContext, build_optimizer, clips_gradients, with_scheduler,
 )
 from holomodal.schema import Modality
 
@@ -278,7 +277,7 @@ def backbone_state(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 # ---- pre-training --------------------------------------------------------------------------
-class TIPPretraining(FiniteLossGuard, L.LightningModule):
+class TIPPretraining(FiniteLossGuard, nn.Module):
     """Self-supervised pre-training of a :class:`TIPBackbone` on image-table pairs.
 
     Args:
@@ -392,7 +391,8 @@ class TIPPretraining(FiniteLossGuard, L.LightningModule):
         cfg = dict(self.optim_cfg)
         scheduler = cfg.pop("scheduler", "warmup_cosine")
         warmup = int(cfg.pop("warmup_epochs", 10))
-        return with_scheduler(build_optimizer(self.parameters(), **cfg), self.trainer, scheduler, warmup_epochs=warmup)
+        optimizer = build_optimizer(self.parameters(), **cfg, fused=not clips_gradients(self))
+        return with_scheduler(optimizer, self.trainer, scheduler, warmup_epochs=warmup)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = json.dumps(self.record)

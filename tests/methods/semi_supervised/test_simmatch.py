@@ -26,6 +26,15 @@ def test_unfolding_and_aggregation_on_a_three_slot_bank():
     assert torch.allclose(smoothed, torch.tensor([[0.61, 0.39]]))
 
 
+def test_propagation_under_bf16_autocast_takes_the_bf16_bank_distribution_in_fp32():
+    # under autocast the bank similarities come in bf16 and the class softmax in fp32
+    labels = torch.tensor([0, 1, 0, -1])
+    instance = torch.tensor([[0.5, 0.3, 0.2, 0.0]], dtype=torch.bfloat16)
+    unfolded, smoothed = unfold_and_aggregate(instance, torch.tensor([[0.6, 0.4]]), labels, c_smooth=0.9)
+    assert unfolded.dtype == smoothed.dtype == torch.float32
+    assert torch.allclose(smoothed, torch.tensor([[0.61, 0.39]]), atol=1e-3)
+
+
 def test_an_empty_bank_leaves_the_class_probabilities():
     unfolded, smoothed = unfold_and_aggregate(torch.zeros(1, 2), torch.tensor([[0.3, 0.7]]), torch.tensor([-1, -1]), 0.9)
     assert torch.equal(unfolded, torch.zeros(1, 2))

@@ -17,13 +17,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from holomodal.backbones.clip import CLIPBackbone, CLIPInputs
 from holomodal.batch import Batch
-from holomodal.methods.base import FiniteLossGuard, build_optimizer, with_scheduler
+from holomodal.methods.base import FiniteLossGuard, build_optimizer, clips_gradients, with_scheduler
 
 CHECKPOINT_KEY = "holomodal_clip"
 FORMAT_VERSION = 1
@@ -44,7 +43,7 @@ def read_clip_run(path: str | Path, *, weights: bool = False) -> dict[str, Any]:
     return record
 
 
-class CLIPPretraining(FiniteLossGuard, L.LightningModule):
+class CLIPPretraining(FiniteLossGuard, nn.Module):
     """Contrastive image-text pre-training of a :class:`CLIPBackbone`.
 
     Args:
@@ -84,8 +83,9 @@ class CLIPPretraining(FiniteLossGuard, L.LightningModule):
         if stage == "fit" and not self._weights_loaded:
             self.backbone.load_weights()
             self._weights_loaded = True
-        world = self.trainer.world_size if self._trainer is not None else 1
-        rank = self.trainer.global_rank if self._trainer is not None else 0
+        trainer = getattr(self, "_trainer", None)  # a plain module (not Lightning's form) has none
+        world = trainer.world_size if trainer is not None else 1
+        rank = trainer.global_rank if trainer is not None else 0
         # across processes every image is contrasted with every process's texts
         self.loss_fn = ClipLoss(gather_with_grad=world > 1, rank=rank, world_size=world)
 
@@ -133,7 +133,8 @@ class CLIPPretraining(FiniteLossGuard, L.LightningModule):
         # CLIP decays matrices only: gains, biases, embeddings' scale and the temperature are left alone
         groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": decay},
                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-        return with_scheduler(build_optimizer(groups, **cfg), self.trainer, scheduler, warmup_epochs=warmup)
+        optimizer = build_optimizer(groups, **cfg, fused=not clips_gradients(self))
+        return with_scheduler(optimizer, self.trainer, scheduler, warmup_epochs=warmup)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = json.dumps(self.record)

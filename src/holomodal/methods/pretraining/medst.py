@@ -28,13 +28,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from holomodal.batch import Batch
-from holomodal.methods.base import FiniteLossGuard, build_optimizer, with_scheduler
+from holomodal.methods.base import FiniteLossGuard, build_optimizer, clips_gradients, with_scheduler
 
 CHECKPOINT_KEY = "holomodal_medst"
 FORMAT_VERSION = 1
@@ -102,7 +101,7 @@ def sequence_tensors(rows: Tensor, sequence: Tensor, position: Tensor, length: i
     return out, valid
 
 
-class MedSTPretraining(FiniteLossGuard, L.LightningModule):
+class MedSTPretraining(FiniteLossGuard, nn.Module):
     """Args:
         input_specs: the fitted preprocessor's (image statistics, the text vocabulary).
         frontal, lateral, text: the study-level columns (see :mod:`holomodal.studies`).
@@ -209,10 +208,12 @@ class MedSTPretraining(FiniteLossGuard, L.LightningModule):
         cfg = dict(self.optim_cfg)
         scheduler = cfg.pop("scheduler", "warmup_cosine")
         fraction = float(cfg.pop("warmup_fraction", 0.4))
-        epochs = int(self.trainer.max_epochs or 1) if self._trainer is not None else 1
+        trainer = getattr(self, "_trainer", None)  # a plain module (not Lightning's form) has none
+        epochs = int(trainer.max_epochs or 1) if trainer is not None else 1
         warmup = int(cfg.pop("warmup_epochs", math.floor(fraction * epochs)))
         params = [p for p in self.parameters() if p.requires_grad]
-        return with_scheduler(build_optimizer(params, **cfg), self._trainer, scheduler, warmup_epochs=warmup,
+        optimizer = build_optimizer(params, **cfg, fused=not clips_gradients(self))
+        return with_scheduler(optimizer, trainer, scheduler, warmup_epochs=warmup,
                               warmup_fraction=fraction)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

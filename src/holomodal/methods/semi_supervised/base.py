@@ -161,7 +161,7 @@ class SemiSupervisedMethod(ClassificationMethod):
 def gathered(module: SemiSupervisedMethod, tensor: Tensor) -> Tensor:
     """``tensor`` of every process, stacked along the rows, under DDP, so that a memory bank
     or queue written with it stays the same in every process; as it is otherwise."""
-    trainer = module._trainer
+    trainer = getattr(module, "_trainer", None)  # the plain module, outside a training run, has none
     if trainer is None or trainer.world_size == 1:
         return tensor
     return module.all_gather(tensor).flatten(0, 1)

@@ -59,6 +59,8 @@ def unfold_and_aggregate(instance: Tensor, probs: Tensor, bank_labels: Tensor, c
     instance target (B, L), ``instance`` rescaled by the class probability of each slot's
     label and renormalised, and the class target (B, C), ``probs`` mixed with the
     instance mass each class collects in the bank."""
+    # in fp32: under bf16 autocast the bank similarities arrive in bf16, the softmax in fp32
+    instance, probs = instance.float(), probs.float()
     filled = bank_labels >= 0
     labels = bank_labels.clamp(min=0)
     mass = instance * filled.to(instance.dtype)
