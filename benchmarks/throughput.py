@@ -6,7 +6,7 @@ continuous, 286 classes) the variants are
 
   (a) ours: the method's Lightning training step fed by holomodal's input pipeline (images
       decoded once to uint8, batches gathered by one index per tensor, augmented on the
-      device), precision ``auto`` (bf16-mixed on GPUs, and here on CPUs with native bf16, where holomodal has it opt-in),
+      device), precision ``auto`` (bf16-mixed on GPUs and on CPUs with native bf16),
       channels_last, fused Adam; eager, and compiled (``run.compile``);
   (b) reference: the same model and losses in fp32 eager PyTorch with torch's default Adam,
       fed the seeds' way: a Dataset that loads each sample's image file (``.npy``, as
@@ -51,6 +51,8 @@ DVM_CONTINUOUS = ["Wheelbase", "Height", "Width", "Length", "Adv_year", "Adv_mon
 DVM_CLASSES = 286
 WORKLOADS = ("tip_pretrain", "tip_finetune", "late_fusion")
 # TIP's device-side image augmentation per workload (late fusion trains on the images as they are)
+# pause after a block of the reference, so that its DataLoader workers' prefetching is done
+SETTLE_SECONDS = 1.0
 AUGMENT = {"tip_pretrain": {"preset": "natural", "rate": 0.95}, "tip_finetune": {"preset": "natural_finetune", "rate": 0.8}}
 QUICK = {"image_model": "test_resnet", "image_size": 32, "batch_size": 8, "rows": 48, "steps": 2, "pairs": 2, "warmup_rounds": 1,
          "dim": 16, "depth": 1, "heads": 2, "reference_workers": 0}
@@ -289,7 +291,11 @@ class Reference:
 
     def block(self, steps: int) -> float:
         samples = iter(self.loader)
-        return seconds_per_step(lambda: self.step(next(samples)), steps, self.device)
+        seconds = seconds_per_step(lambda: self.step(next(samples)), steps, self.device)
+        # the workers go on loading the batches they prefetched: let them finish here, untimed,
+        # rather than on the cores of the next variant's block
+        time.sleep(SETTLE_SECONDS)
+        return seconds
 
 
 class ImageModel:
@@ -348,12 +354,10 @@ class Pipeline:
 
 
 def resolve_precision(setting: str, device: torch.device) -> str:
-    """``auto`` is holomodal's choice, and bf16-mixed on a CPU with native bf16 (opt-in there)."""
-    from holomodal.training import auto_precision, cpu_has_native_bf16
+    """``auto`` is holomodal's choice (:func:`holomodal.training.auto_precision`)."""
+    from holomodal.training import auto_precision
 
-    if setting != "auto":
-        return setting
-    return "bf16-mixed" if device.type == "cpu" and cpu_has_native_bf16() else auto_precision(device.type)
+    return setting if setting != "auto" else auto_precision(device.type)
 
 
 # ---- paired rounds ----------------------------------------------------------------------------
