@@ -40,3 +40,14 @@ def covid_csv_files(covid, folder, rows, label="outcome"):
         paths[split] = folder / f"{split}.csv"
         frame.to_csv(paths[split], index=False)
     return paths
+
+
+def write_own_files(frame, column, folder):
+    """``frame`` as a user's ``table.csv`` and a ``schema.json`` of ``column`` and a label,
+    in ``folder``: what ``holomodal data cache --schema --table`` reads."""
+    from holomodal.schema import Column, Modality
+
+    table, schema = folder / "table.csv", folder / "schema.json"
+    frame.to_csv(table, index=False)
+    schema.write_text(Schema([column, Column("label", Modality.LABEL)]).to_json())
+    return table, schema

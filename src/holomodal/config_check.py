@@ -47,8 +47,8 @@ OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch
 OWN_OPTIM_KEYS = {"train": ("name", "scheduler", "warmup_epochs", "warmup_fraction"),
                   "pretrain": ("name", "scheduler", "warmup_epochs", "warmup_fraction")}
 SCHEDULERS = {"train": (None, "none", "cosine", "warmup_cosine", "warmup_linear"), "pretrain": (None, "none", "warmup_cosine")}
-RESERVED_OPTIM = {"params": "holomodal passes the model's parameters", "fused": "holomodal always fuses Adam/AdamW itself"}
-FUSED = ("adam", "adamw")  # build_optimizer sets fused=True for these
+RESERVED_OPTIM = {"params": "holomodal passes the model's parameters", "fused": "holomodal fuses Adam/AdamW itself, except where gradients are clipped"}
+FUSED = ("adam", "adamw")  # build_optimizer fuses these unless the run clips gradients
 RESERVED_TRAINER = {
     "logger": "holomodal makes the loggers: set run.loggers",
     "callbacks": "holomodal adds its own callbacks",

@@ -10,6 +10,7 @@ import pytest
 import soundfile
 import torch
 
+from tiny import write_own_files
 from holomodal.cli import main
 from holomodal.preprocessing.audio import AudioProcessor
 from holomodal.preprocessing.image_cache import CACHE_ENV, ArrayCache, ImageCache
@@ -164,10 +165,7 @@ def test_image_caches_written_before_dtypes_were_recorded_still_read(clips, tmp_
 
 def test_cli_caches_audio_columns_of_own_files(clips, tmp_path, monkeypatch, capsys):
     folder, frame, column = clips
-    table = tmp_path / "table.csv"
-    frame.to_csv(table, index=False)
-    schema = tmp_path / "schema.json"
-    schema.write_text(Schema([column, Column("label", Modality.LABEL)]).to_json())
+    table, schema = write_own_files(frame, column, tmp_path)
     command = ["data", "cache", "--schema", str(schema), "--table", str(table)]
     assert main(command) == 0
     out = capsys.readouterr().out

@@ -7,10 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
+from tiny import write_own_files
 from holomodal.cli import main
 from holomodal.preprocessing.image import ImageProcessor
 from holomodal.preprocessing.image_cache import CACHE_ENV, ImageCache
-from holomodal.schema import Column, Modality, Schema
+from holomodal.schema import Column, Modality
 
 
 @pytest.fixture()
@@ -70,10 +71,7 @@ def test_a_replaced_file_misses_the_cache_and_new_files_are_added(xrays):
 
 def test_cli_builds_the_cache_for_own_files_and_refuses_when_switched_off(xrays, tmp_path, monkeypatch, capsys):
     folder, frame, column = xrays
-    table = tmp_path / "table.csv"
-    frame.to_csv(table, index=False)
-    schema = tmp_path / "schema.json"
-    schema.write_text(Schema([column, Column("label", Modality.LABEL)]).to_json())
+    table, schema = write_own_files(frame, column, tmp_path)
     assert main(["data", "cache", "--schema", str(schema), "--table", str(table)]) == 0
     out = capsys.readouterr().out
     assert "column 'xray' (1x64x64): 12 image(s) added, 0 already cached, 0 unreadable or missing" in out

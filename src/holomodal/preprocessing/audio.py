@@ -22,7 +22,7 @@ import torch
 
 from holomodal.errors import DataError
 from holomodal.preprocessing.files import UnreadableFile, open_regular, resolve_files
-from holomodal.preprocessing.image_cache import CACHE_ENV, ArrayCache, audio_folder, cache_root, file_key
+from holomodal.preprocessing.image_cache import CACHE_ENV, ArrayCache, audio_folder, cache_root
 from holomodal.schema import Column
 
 
@@ -139,15 +139,10 @@ class AudioProcessor:
         paths = resolve_files(self.column, values, rows, self.allow_outside_root)
         specs = np.zeros((len(values), self.n_mels, self.frames), dtype=np.float32)
         present = np.zeros(len(values), dtype=bool)
-        todo = list(range(len(values)))
         cache = self._cache()
-        if cache is not None:
-            at, found = cache.lookup([file_key(p) if p is not None else None for p in paths])
-            if found.any():
-                specs[found] = cache.gather(at[found])
-                present[found] = True
-                todo = np.flatnonzero(~found).tolist()
-                summary.setdefault("cached_audio", {})[self.column.name] = int(found.sum())
+        todo = list(range(len(values))) if cache is None else cache.fill(paths, specs, present)
+        if present.any():
+            summary.setdefault("cached_audio", {})[self.column.name] = int(present.sum())
         with ThreadPoolExecutor(max_workers=4) as pool:
             results = list(pool.map(self._read_checked, [(rows[i], values[i], paths[i]) for i in todo]))
         failures = [err for _, err in results if err]

@@ -20,7 +20,7 @@ from PIL import Image, ImageOps
 
 from holomodal.errors import DataError
 from holomodal.preprocessing.files import UnreadableFile, open_regular, resolve_files
-from holomodal.preprocessing.image_cache import CACHE_ENV, ImageCache, cache_root, file_key
+from holomodal.preprocessing.image_cache import CACHE_ENV, ImageCache, cache_root
 from holomodal.schema import Column
 
 
@@ -117,15 +117,10 @@ class ImageProcessor:
         paths = self._paths(df)
         pixels = np.zeros((len(values), self.channels, self.size, self.size), dtype=np.uint8)
         present = np.zeros(len(values), dtype=bool)
-        todo = list(range(len(values)))
         cache = self._cache()
-        if cache is not None:
-            rows, found = cache.lookup([file_key(p) if p is not None else None for p in paths])
-            if found.any():
-                pixels[found] = cache.gather(rows[found])
-                present[found] = True
-                todo = np.flatnonzero(~found).tolist()
-                summary.setdefault("cached_images", {})[self.column.name] = int(found.sum())
+        todo = list(range(len(values))) if cache is None else cache.fill(paths, pixels, present)
+        if present.any():
+            summary.setdefault("cached_images", {})[self.column.name] = int(present.sum())
         index = df.index.tolist()
         with ThreadPoolExecutor(max_workers=4) as pool, _quiet_pil_size_warning():
             results = dict(zip(todo, pool.map(self._load_checked, [(index[i], values[i], paths[i]) for i in todo])))

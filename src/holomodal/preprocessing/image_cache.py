@@ -120,6 +120,15 @@ class ArrayCache:
         out[order] = self._data[rows[order]]
         return out
 
+    def fill(self, paths: Sequence[Path | None], out: np.ndarray, present: np.ndarray) -> list[int]:
+        """Copy the cached arrays of ``paths`` (None: no file) into their rows of ``out`` and
+        mark those rows in ``present``; returns the positions still to be decoded."""
+        rows, found = self.lookup([file_key(p) if p is not None else None for p in paths])
+        if found.any():
+            out[found] = self.gather(rows[found])
+            present[found] = True
+        return np.flatnonzero(~found).tolist()
+
     def add(self, paths: Iterable[Path], decode: Callable[[Path], np.ndarray], progress: Callable[[int], Any] | None = None) -> dict[str, int]:
         """Decode the files not yet cached and add them; returns counts (added, cached, failed)."""
         def one_by_one(chunk: list[Path]) -> list[np.ndarray | None]:
